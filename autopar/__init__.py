@@ -1,0 +1,28 @@
+"""autopar: an auto-parallelizing graph compiler for PyTorch training.
+
+Pipeline: capture -> strategies -> cost -> solve -> plan -> codegen -> runtime.
+``autopar.compile(model, example_inputs, ...)`` is the entry point; importing this
+package is cheap (the heavy modules load on first use).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["compile", "MeshSpec", "Plan"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compile":
+        from autopar.api import compile
+
+        return compile
+    if name == "MeshSpec":
+        from autopar.mesh import MeshSpec
+
+        return MeshSpec
+    if name == "Plan":
+        from autopar.plan import Plan
+
+        return Plan
+    raise AttributeError(name)

@@ -1,0 +1,130 @@
+"""Capture: an nn.Module and example inputs -> an ATen-level torch.fx graph.
+
+Contract: ``capture(model, args, kwargs)`` runs ``torch.export.export(strict=False)``
+(fake tensors throughout, so a model built on the meta device captures without
+allocating weights) and returns a ``Captured`` whose ``graph_module`` is the unlifted
+program: parameters and buffers are ``get_attr`` nodes named by their original FQNs,
+every tensor node has ``meta["val"]`` (shape, dtype) and ``meta["nn_module_stack"]``.
+Runtime-only nodes (shape asserts, input guards) are removed. A model that cannot be
+traced raises ``CaptureError`` naming the source line and a fix.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+_DROP_TARGETS = ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size")
+
+
+class CaptureError(RuntimeError):
+    """The model could not be turned into a graph."""
+
+
+@dataclass
+class Captured:
+    graph_module: fx.GraphModule
+    param_names: tuple[str, ...]  # trainable parameters (FQNs)
+    buffer_names: tuple[str, ...]
+    example_args: tuple[Any, ...]
+    example_kwargs: dict[str, Any]
+
+
+_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s+(?P<code>[^\n]+)')
+
+
+def _user_frame(message: str) -> str:
+    """The last frame of the user's code quoted in an export error, if any."""
+    frames = [
+        m for m in _LINE.finditer(message) if "site-packages/torch" not in m.group("file")
+    ]
+    if not frames:
+        return ""
+    m = frames[-1]
+    return f'{m.group("file")}:{m.group("line")} in {m.group("fn")}: {m.group("code").strip()}'
+
+
+def _explain(model: torch.nn.Module, err: Exception) -> CaptureError:
+    text = str(err)
+    where = _user_frame(text)
+    where = f" at {where}" if where else ""
+    name = type(model).__name__
+    if "data-dependent" in text or "GuardOnDataDependent" in type(err).__name__:
+        hint = (
+            "the forward branches on a tensor's value (e.g. `if x.sum() > 0:`). Make the branch "
+            "depend on shapes or Python flags, or use torch.cond / torch.where"
+        )
+    elif "DynamicCache" in text or "Cache" in type(err).__name__:
+        hint = "the model returns a KV cache; build it with `use_cache=False` in its config"
+    else:
+        hint = (
+            "check that the forward is traceable by torch.export.export(model, args, kwargs, "
+            "strict=False) and that example inputs match the real ones"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return CaptureError(
+        f"cannot capture {name}{where}: {first[:300]}. Fix: {hint}."
+    )
+
+
+def capture(
+    model: torch.nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> Captured:
+    kwargs = dict(kwargs or {})
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"autopar needs a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(args, tuple):
+        raise TypeError(
+            f"example_inputs must be a tuple of positional inputs, got {type(args).__name__}; "
+            "wrap a single tensor as (x,)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exported = torch.export.export(model, args, kwargs, strict=False)
+    except Exception as err:  # export raises many error types; all become one message
+        raise _explain(model, err) from err
+    gm = exported.module()
+    _clean(gm)
+    sig = exported.graph_signature
+    params = tuple(
+        spec.target
+        for spec in sig.input_specs
+        if spec.kind.name == "PARAMETER" and spec.target is not None
+    )
+    trainable = tuple(p for p in params if _get(gm, p).requires_grad)
+    buffers = tuple(
+        spec.target
+        for spec in sig.input_specs
+        if spec.kind.name in ("BUFFER", "CONSTANT_TENSOR") and spec.target is not None
+    )
+    return Captured(gm, trainable, buffers, args, kwargs)
+
+
+def _get(gm: torch.nn.Module, fqn: str) -> Any:
+    obj: Any = gm
+    for part in fqn.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _clean(gm: fx.GraphModule) -> None:
+    graph = gm.graph
+    for node in list(graph.nodes):
+        name = getattr(node.target, "__name__", str(node.target))
+        drop = node.op == "call_function" and any(t in name for t in _DROP_TARGETS)
+        drop |= node.op == "call_module" and str(node.target) == "_guards_fn"
+        if drop and not node.users:
+            graph.erase_node(node)
+    for node in graph.nodes:
+        if node.op == "get_attr" and "val" not in node.meta:
+            value = _get(gm, str(node.target))
+            if isinstance(value, torch.Tensor):
+                node.meta["val"] = value
+    graph.lint()
+    gm.recompile()

@@ -1,0 +1,252 @@
+"""Plan: the solver's decision as a typed value that round-trips through JSON.
+
+Contract: a ``Plan`` holds the mesh, the strategy preset, every node's chosen layouts
+(inputs, outputs, gradients, custom kernel), every inserted reshard with the
+collectives it issues in forward and backward, and the predicted costs. ``to_json`` /
+``Plan.from_json`` round-trip exactly; ``from_json`` validates the schema and raises
+``PlanError`` saying what is wrong. Plans are never pickled. ``summary()`` prints a
+per-layer table a person can read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autopar.mesh import MeshSpec
+from autopar.placement import Layout, layout_from_json, layout_str, layout_to_json
+
+SCHEMA_VERSION = 1
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    op: str
+    kind: str  # input | param | buffer | op | output
+    module: str
+    ins: tuple[Layout, ...]
+    outs: tuple[Layout, ...]
+    grads: tuple[Layout, ...]
+    kernel: str | None
+    compute_s: float
+
+
+@dataclass(frozen=True)
+class CollectivePlan:
+    kind: str
+    axis: str
+    nbytes: int
+    phase: str  # forward | backward
+
+
+@dataclass(frozen=True)
+class ReshardPlan:
+    src: str
+    out_index: int
+    dst: str
+    slot: int
+    src_layout: Layout
+    dst_layout: Layout
+    grad_layout: Layout
+    collectives: tuple[CollectivePlan, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Predicted:
+    compute_s: float
+    comm_s: float
+    step_s: float
+    solver: str
+    solve_status: str
+    solve_s: float
+    num_variables: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    mesh: MeshSpec
+    strategy: str
+    cluster: str
+    nodes: tuple[NodePlan, ...]
+    reshards: tuple[ReshardPlan, ...]
+    predicted: Predicted
+    unknown_ops: tuple[str, ...] = ()
+    version: int = SCHEMA_VERSION
+    _index: dict[str, NodePlan] = field(default_factory=dict, compare=False, repr=False)
+
+    def node(self, name: str) -> NodePlan:
+        if not self._index:
+            self._index.update({n.name: n for n in self.nodes})
+        return self._index[name]
+
+    @property
+    def params(self) -> dict[str, Layout]:
+        return {n.module: n.outs[0] for n in self.nodes if n.kind == "param"}
+
+    def collectives(self, phase: str | None = None) -> Counter[str]:
+        """How many collectives of each kind one training step issues."""
+        return Counter(
+            c.kind for r in self.reshards for c in r.collectives if phase in (None, c.phase)
+        )
+
+    # ---- JSON ------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "mesh": self.mesh.to_json(),
+            "strategy": self.strategy,
+            "cluster": self.cluster,
+            "predicted": self.predicted.__dict__,
+            "unknown_ops": list(self.unknown_ops),
+            "nodes": [
+                {
+                    "name": n.name, "op": n.op, "kind": n.kind, "module": n.module,
+                    "ins": [layout_to_json(x) for x in n.ins],
+                    "outs": [layout_to_json(x) for x in n.outs],
+                    "grads": [layout_to_json(x) for x in n.grads],
+                    "kernel": n.kernel, "compute_s": n.compute_s,
+                }
+                for n in self.nodes
+            ],
+            "reshards": [
+                {
+                    "src": r.src, "out_index": r.out_index, "dst": r.dst, "slot": r.slot,
+                    "src_layout": layout_to_json(r.src_layout),
+                    "dst_layout": layout_to_json(r.dst_layout),
+                    "grad_layout": layout_to_json(r.grad_layout),
+                    "collectives": [c.__dict__ for c in r.collectives],
+                    "seconds": r.seconds,
+                }
+                for r in self.reshards
+            ],
+        }  # fmt: skip
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dumps())
+
+    @staticmethod
+    def load(path: str | Path) -> Plan:
+        try:
+            obj = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise PlanError(f"cannot read plan {path}: {err}. Pass a JSON file written by "
+                            "`autopar plan --json` or Plan.save") from err
+        return Plan.from_json(obj)
+
+    @staticmethod
+    def from_json(obj: Any) -> Plan:
+        try:
+            return _from_json(obj)
+        except PlanError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"invalid plan JSON: {type(err).__name__}: {err}") from err
+
+    # ---- people ----------------------------------------------------------------------
+    def summary(self) -> str:
+        names = self.mesh.names
+        lines = [
+            f"autopar plan  strategy={self.strategy}  mesh={self.mesh}  cluster={self.cluster}",
+            f"predicted step {self.predicted.step_s * 1e3:.3f} ms "
+            f"(compute {self.predicted.compute_s * 1e3:.3f} ms, comm {self.predicted.comm_s * 1e3:.3f} ms); "
+            f"solver {self.predicted.solver} {self.predicted.solve_status} "
+            f"in {self.predicted.solve_s:.2f} s, {self.predicted.num_variables} variables",
+        ]
+        by_layer: dict[str, list[NodePlan]] = defaultdict(list)
+        for n in self.nodes:
+            if n.kind == "param":
+                by_layer[_layer_key(n.module)].append(n)
+        coll_by_layer: dict[str, Counter[str]] = defaultdict(Counter)
+        node_module = {n.name: n.module for n in self.nodes}
+        for r in self.reshards:
+            for c in r.collectives:
+                coll_by_layer[_layer_key(node_module.get(r.dst, "") or node_module.get(r.src, ""))][
+                    f"{c.kind}@{c.axis}"
+                ] += 1
+        lines.append(f"{'layer':<28} {'parameters (' + ','.join(names) + ')':<58} collectives/step")
+        for layer in sorted(set(by_layer) | set(coll_by_layer), key=_natural):
+            params = ", ".join(
+                f"{p.module.rsplit('.', 2)[-2] if '.' in p.module else p.module}"
+                f".{p.module.rsplit('.', 1)[-1]}={layout_str(p.outs[0])}"
+                for p in by_layer.get(layer, [])
+            )
+            colls = ", ".join(f"{k}x{v}" for k, v in sorted(coll_by_layer.get(layer, {}).items()))
+            lines.append(f"{layer or '<top>':<28} {params[:58]:<58} {colls}")
+        if self.unknown_ops:
+            lines.append(f"replicated (no sharding rule): {', '.join(self.unknown_ops)}")
+        return "\n".join(lines)
+
+
+def _layer_key(module: str) -> str:
+    parts = module.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) if len(parts) > 1 else module
+
+
+def _natural(key: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in key.replace(".", " . ").split()]
+
+
+def _from_json(obj: Any) -> Plan:
+    if not isinstance(obj, dict):
+        raise PlanError(f"a plan must be a JSON object, got {type(obj).__name__}")
+    if obj.get("version") != SCHEMA_VERSION:
+        raise PlanError(
+            f"plan schema version {obj.get('version')!r} is not supported (need {SCHEMA_VERSION}); "
+            "re-run `autopar plan` with this version of autopar"
+        )
+    for key in ("mesh", "strategy", "cluster", "nodes", "reshards", "predicted"):
+        if key not in obj:
+            raise PlanError(f"plan JSON is missing the key {key!r}")
+    mesh = MeshSpec.from_json(obj["mesh"])
+    k = mesh.ndim
+
+    def lay(x: Any) -> Layout:
+        return layout_from_json(x, k)
+
+    nodes = tuple(
+        NodePlan(
+            str(n["name"]), str(n["op"]), str(n["kind"]), str(n["module"]),
+            tuple(lay(x) for x in n["ins"]), tuple(lay(x) for x in n["outs"]),
+            tuple(lay(x) for x in n["grads"]), n["kernel"], float(n["compute_s"]),
+        )
+        for n in obj["nodes"]
+    )  # fmt: skip
+    names = {n.name for n in nodes}
+    reshards = []
+    for r in obj["reshards"]:
+        if r["src"] not in names or r["dst"] not in names:
+            raise PlanError(f"reshard {r['src']}->{r['dst']} names a node the plan does not have")
+        colls = tuple(
+            CollectivePlan(str(c["kind"]), str(c["axis"]), int(c["nbytes"]), str(c["phase"]))
+            for c in r["collectives"]
+        )
+        reshards.append(
+            ReshardPlan(
+                r["src"], int(r["out_index"]), r["dst"], int(r["slot"]), lay(r["src_layout"]),
+                lay(r["dst_layout"]), lay(r["grad_layout"]), colls, float(r["seconds"]),
+            )
+        )  # fmt: skip
+    p = obj["predicted"]
+    predicted = Predicted(
+        float(p["compute_s"]), float(p["comm_s"]), float(p["step_s"]), str(p["solver"]),
+        str(p["solve_status"]), float(p["solve_s"]), int(p["num_variables"]),
+    )  # fmt: skip
+    return Plan(
+        mesh, str(obj["strategy"]), str(obj["cluster"]), nodes, tuple(reshards), predicted,
+        tuple(obj.get("unknown_ops", [])),
+    )  # fmt: skip

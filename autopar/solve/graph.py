@@ -1,0 +1,179 @@
+"""The planning graph: captured fx graph -> nodes with candidate strategies and edges.
+
+Contract: ``build_graph(captured, mesh)`` returns a ``PlanGraph`` with one ``PNode`` per
+tensor-producing fx node (inputs, parameters, buffers, ops, and the output sink).
+``getitem`` on a tuple-returning op is transparent: consumers read slot ``i`` of the
+producer directly. Every op gets its strategies from the rule registry; an op with no
+rule is replicated and reported in ``unknown_ops``. Each consumer slot is an ``Edge``
+from ``(producer, out_index)``. Nodes inside repeated layers (``<prefix>.<int>`` in the
+module path) carry ``layer = (prefix, index)`` for ``solve.layers`` to merge.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from autopar.capture import Captured
+from autopar.mesh import MeshSpec
+from autopar.placement import R
+from autopar.strategies.enumerate import free_strategies, node_strategies
+from autopar.strategies.registry import Registry, op_name
+from autopar.strategies.types import Arg, OpView, Strategy, TensorMeta
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str
+    out_index: int
+    dst: str
+    slot: int
+
+
+@dataclass
+class PNode:
+    name: str
+    kind: str  # input | param | buffer | op | output
+    target: str
+    family: str
+    out_metas: tuple[TensorMeta, ...]
+    inputs: list[tuple[str, int]]
+    strategies: list[Strategy]
+    requires_grad: bool
+    module: str
+    layer: tuple[str, int] | None = None
+    op: OpView | None = None
+    fx_node: fx.Node | None = field(default=None, repr=False)
+
+
+@dataclass
+class PlanGraph:
+    mesh: MeshSpec
+    nodes: dict[str, PNode]
+    edges: list[Edge]
+    unknown_ops: list[str]
+
+    def consumers(self) -> dict[str, list[Edge]]:
+        out: dict[str, list[Edge]] = {n: [] for n in self.nodes}
+        for e in self.edges:
+            out[e.src].append(e)
+        return out
+
+
+def tensor_meta(val: Any) -> TensorMeta | None:
+    if isinstance(val, torch.Tensor):
+        return TensorMeta(tuple(int(s) for s in val.shape), val.dtype)
+    return None
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1]
+    path = path[0] if isinstance(path, tuple) else str(path)
+    return re.sub(r"^L__self__\.?", "", str(path))
+
+
+_LAYER = re.compile(r"^(?P<prefix>.*?)\.(?P<idx>\d+)(?:\.|$)")
+
+
+def layer_of(path: str) -> tuple[str, int] | None:
+    m = _LAYER.match(path)
+    return (m.group("prefix"), int(m.group("idx"))) if m else None
+
+
+def input_slots(node: fx.Node) -> list[fx.Node]:
+    """fx.Node arguments in slot order (the order codegen rewrites them in)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = None) -> PlanGraph:
+    registry = registry or Registry()
+    sizes = mesh.sizes
+    gm = captured.graph_module
+    params = set(captured.param_names)
+    nodes: dict[str, PNode] = {}
+    edges: list[Edge] = []
+    alias: dict[str, tuple[str, int]] = {}
+    unknown: list[str] = []
+
+    def source(n: fx.Node) -> tuple[str, int]:
+        return alias.get(n.name, (n.name, 0))
+
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op in ("placeholder", "get_attr"):
+            meta = tensor_meta(val)
+            if meta is None:
+                continue
+            target = str(node.target)
+            if node.op == "placeholder":
+                kind, grad, shard = "input", False, True
+            elif target in params:
+                kind, grad, shard = "param", True, True
+            else:
+                kind, grad, shard = "buffer", False, False
+            path = target if kind != "input" else ""
+            nodes[node.name] = PNode(
+                node.name, kind, target, kind, (meta,), [],
+                free_strategies(meta, sizes, allow_shard=shard), grad, path,
+                layer_of(path) if kind == "param" else None, fx_node=node,
+            )  # fmt: skip
+        elif node.op == "call_function" and node.target is operator.getitem:
+            src = node.args[0]
+            assert isinstance(src, fx.Node)
+            alias[node.name] = (source(src)[0], int(node.args[1]))  # type: ignore[arg-type]
+        elif node.op == "call_function":
+            outs = val if isinstance(val, (tuple, list)) else (val,)
+            metas = [tensor_meta(v) for v in outs]
+            if not metas or any(m is None for m in metas):
+                raise NotImplementedError(
+                    f"node {node.name} ({op_name(node.target)}) returns non-tensor values; "
+                    "autopar plans graphs whose ops return tensors"
+                )
+            slots = input_slots(node)
+            in_metas = tuple(tensor_meta(s.meta.get("val")) for s in slots)
+            if any(m is None for m in in_metas):
+                raise NotImplementedError(f"node {node.name} takes a non-tensor fx value")
+            counter = iter(range(len(slots)))
+            view_args = fx.node.map_arg(
+                node.args, lambda n: Arg(next(counter), tensor_meta(n.meta["val"]))  # type: ignore[arg-type]
+            )
+            view_kwargs = fx.node.map_arg(
+                node.kwargs, lambda n: Arg(next(counter), tensor_meta(n.meta["val"]))  # type: ignore[arg-type]
+            )
+            op = OpView(node.target, tuple(view_args), dict(view_kwargs), in_metas, tuple(metas))  # type: ignore[arg-type]
+            family, rule = registry.lookup(node.target)
+            if family == "unknown":
+                unknown.append(op_name(node.target))
+            strategies = node_strategies(op, sizes, rule)
+            inputs = [source(s) for s in slots]
+            grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and all(
+                m.is_float for m in metas  # type: ignore[union-attr]
+            )
+            path = _module_path(node)
+            nodes[node.name] = PNode(
+                node.name, "op", op_name(node.target), family, tuple(metas), inputs,  # type: ignore[arg-type]
+                strategies, grad, path, layer_of(path), op, node,
+            )  # fmt: skip
+            edges += [Edge(p, i, node.name, k) for k, (p, i) in enumerate(inputs)]
+        elif node.op == "output":
+            slots = [s for s in input_slots(node) if tensor_meta(s.meta.get("val")) is not None]
+            inputs = [source(s) for s in slots]
+            metas = tuple(tensor_meta(s.meta["val"]) for s in slots)
+            full = tuple(tuple(R for _ in sizes) for _ in inputs)
+            sink = Strategy(full, (), full, 1, ())
+            nodes["output"] = PNode(
+                "output", "output", "output", "output", (), inputs, [sink], False, "",
+                fx_node=node, op=OpView("output", (), {}, metas, ()),  # type: ignore[arg-type]
+            )  # fmt: skip
+            edges += [Edge(p, i, "output", k) for k, (p, i) in enumerate(inputs)]
+    return PlanGraph(mesh, nodes, edges, sorted(set(unknown)))

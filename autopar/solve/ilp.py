@@ -1,0 +1,169 @@
+"""The strategy ILP: pick one strategy per node to minimise compute + communication.
+
+Math. Nodes u have strategies i in S_u with cost c_{u,i}; binary x_{u,i} with
+    sum_i x_{u,i} = 1.
+Each edge (u -> v) prices the pair of u's output layout group a = g_u(i) and v's input
+(layout, gradient layout) group b = h_v(j) as r_{ab}. With continuous e_{ab} >= 0 and
+    sum_b e_{ab} = sum_{i: g_u(i)=a} x_{u,i},   sum_a e_{ab} = sum_{j: h_v(j)=b} x_{v,j},
+e is the product of the two one-hot choices (the transportation polytope with 0/1
+margins has only integral vertices), so the objective
+    min  sum_{u,i} c_{u,i} x_{u,i} + sum_{edges} sum_{a,b} r_{ab} e_{ab}
+is exact. Edges with a one-strategy end are folded into the other end's costs, and an
+edge whose ends share one variable (a node reading its own copy in the previous merged
+layer) is folded into that node's costs. Optional linear constraints (memory budgets)
+are ``sum_{u,i} w_{u,i} x_{u,i} <= limit``. Costs are scaled to microseconds. HiGHS is
+used when highspy is installed, CBC otherwise; a solve cut short by the time limit is
+reported as such, never as optimal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import pulp
+
+
+@dataclass
+class EdgeTerm:
+    u: str
+    v: str
+    u_group: list[int]
+    v_group: list[int]
+    cost: list[list[float]]  # [u group][v group], seconds
+
+
+@dataclass
+class Constraint:
+    name: str
+    weights: dict[str, list[float]]  # node -> per strategy
+    limit: float
+
+
+@dataclass
+class Problem:
+    costs: dict[str, list[float]]  # node -> per strategy, seconds
+    edges: list[EdgeTerm]
+    constraints: list[Constraint] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Solution:
+    choice: dict[str, int]
+    objective: float  # seconds
+    status: str  # optimal | feasible (time limit) | trivial
+    solver: str
+    seconds: float
+    num_variables: int
+
+
+class InfeasibleError(RuntimeError):
+    pass
+
+
+def objective(problem: Problem, choice: dict[str, int]) -> float:
+    total = sum(c[choice[u]] for u, c in problem.costs.items())
+    for e in problem.edges:
+        total += e.cost[e.u_group[choice[e.u]]][e.v_group[choice[e.v]]]
+    return total
+
+
+def brute_force(problem: Problem) -> tuple[dict[str, int], float]:
+    names = list(problem.costs)
+    best: tuple[dict[str, int], float] = ({}, float("inf"))
+    for combo in itertools.product(*(range(len(problem.costs[n])) for n in names)):
+        choice = dict(zip(names, combo))
+        ok = all(
+            sum(w[choice[u]] for u, w in c.weights.items()) <= c.limit + 1e-12
+            for c in problem.constraints
+        )
+        if ok:
+            value = objective(problem, choice)
+            if value < best[1]:
+                best = (choice, value)
+    return best
+
+
+def _backend(time_limit: float) -> tuple[pulp.LpSolver, str]:
+    try:
+        highs = pulp.HiGHS(msg=False, timeLimit=time_limit)
+        if highs.available():
+            return highs, "highs"
+    except Exception:  # pragma: no cover - pulp without HiGHS support
+        pass
+    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit), "cbc"
+
+
+def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -> Solution:
+    start = time.perf_counter()
+    scale = 1e6
+    costs = {u: [c * scale + tie_break * i for i, c in enumerate(cs)] for u, cs in problem.costs.items()}
+    free = {u for u, cs in costs.items() if len(cs) > 1}
+    for u, cs in costs.items():
+        if not cs:
+            raise InfeasibleError(f"node {u} has no valid strategy")
+    pair_terms: list[EdgeTerm] = []
+    for e in problem.edges:
+        if e.u == e.v:
+            for i in range(len(costs[e.u])):
+                costs[e.u][i] += e.cost[e.u_group[i]][e.v_group[i]] * scale
+        elif e.u not in free and e.v not in free:
+            continue  # constant
+        elif e.u not in free:
+            for j in range(len(costs[e.v])):
+                costs[e.v][j] += e.cost[e.u_group[0]][e.v_group[j]] * scale
+        elif e.v not in free:
+            for i in range(len(costs[e.u])):
+                costs[e.u][i] += e.cost[e.u_group[i]][e.v_group[0]] * scale
+        else:
+            pair_terms.append(e)
+    if not free:
+        choice = {u: 0 for u in costs}
+        return Solution(choice, objective(problem, choice), "trivial", "none", 0.0, 0)
+
+    prob = pulp.LpProblem("autopar", pulp.LpMinimize)
+    names = {u: f"n{k}" for k, u in enumerate(sorted(free))}
+    x = {
+        u: [pulp.LpVariable(f"x_{names[u]}_{i}", cat="Binary") for i in range(len(costs[u]))]
+        for u in free
+    }
+    terms = [(x[u][i], costs[u][i]) for u in free for i in range(len(costs[u]))]
+    for u in free:
+        prob += pulp.lpSum(x[u]) == 1
+    num_vars = sum(len(v) for v in x.values())
+    for k, e in enumerate(pair_terms):
+        ga, gb = max(e.u_group) + 1, max(e.v_group) + 1
+        ev = [[pulp.LpVariable(f"e{k}_{a}_{b}", lowBound=0) for b in range(gb)] for a in range(ga)]
+        num_vars += ga * gb
+        for a in range(ga):
+            members = [x[e.u][i] for i in range(len(e.u_group)) if e.u_group[i] == a]
+            prob += pulp.lpSum(ev[a]) == pulp.lpSum(members)
+        for b in range(gb):
+            members = [x[e.v][j] for j in range(len(e.v_group)) if e.v_group[j] == b]
+            prob += pulp.lpSum(ev[a][b] for a in range(ga)) == pulp.lpSum(members)
+        terms += [(ev[a][b], e.cost[a][b] * scale) for a in range(ga) for b in range(gb) if e.cost[a][b]]
+    for c in problem.constraints:
+        fixed = sum(w[0] for u, w in c.weights.items() if u not in free)
+        prob += (
+            pulp.lpSum(x[u][i] * w[i] for u, w in c.weights.items() if u in free for i in range(len(w)))
+            <= c.limit - fixed,
+            c.name,
+        )
+    prob += pulp.lpSum(var * coef for var, coef in terms)
+    solver, solver_name = _backend(time_limit)
+    prob.solve(solver)
+    sol_status = prob.sol_status
+    if sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        raise InfeasibleError(f"the strategy ILP has no feasible solution ({pulp.LpStatus[prob.status]})")
+    choice = {}
+    for u in costs:
+        if u in free:
+            vals = [v.value() or 0.0 for v in x[u]]
+            choice[u] = max(range(len(vals)), key=lambda i: vals[i])
+        else:
+            choice[u] = 0
+    status = "optimal" if sol_status == pulp.LpSolutionOptimal else "feasible (time limit)"
+    return Solution(
+        choice, objective(problem, choice), status, solver_name, time.perf_counter() - start, num_vars
+    )

@@ -1,0 +1,91 @@
+"""Joint strategies of one node over every mesh axis.
+
+Contract: ``node_strategies(op, sizes, rule)`` takes the per-axis strategies of ``rule``
+for each mesh axis and keeps the combinations in which every sharded dim divides by the
+product of the axis sizes sharding it. Each ``Strategy`` also records the layout of each
+input's gradient as this node produces it in backward:
+- an input that arrives ``Shard(d)`` gets a ``Shard(d)`` gradient;
+- an input that arrives ``Partial`` gets a ``Replicate`` gradient;
+- an input that arrives ``Replicate`` gets a ``Partial`` gradient on an axis over which
+  the node is split (each rank computed one piece), else ``Replicate``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from autopar.placement import R, Layout, Partial, Placement, Replicate, Shard
+from autopar.strategies.rules_linear import Rule
+from autopar.strategies.types import AxisStrategy, OpView, Strategy, TensorMeta
+
+
+def _divides(meta: TensorMeta, layout: Layout, sizes: tuple[int, ...]) -> bool:
+    factor: dict[int, int] = {}
+    for p, n in zip(layout, sizes):
+        if isinstance(p, Shard):
+            if p.dim >= meta.ndim:
+                return False
+            factor[p.dim] = factor.get(p.dim, 1) * n
+    return all(meta.shape[d] % f == 0 and meta.shape[d] >= f for d, f in factor.items())
+
+
+def grad_placement(p: Placement, axis_active: bool) -> Placement:
+    if isinstance(p, Shard):
+        return p
+    if isinstance(p, Partial):
+        return R
+    return Partial() if axis_active else R
+
+
+def _active(s: AxisStrategy) -> bool:
+    return any(not isinstance(p, Replicate) for p in (*s.ins, *s.outs) if p is not None)
+
+
+def combine(
+    op: OpView, sizes: tuple[int, ...], per_axis: list[list[AxisStrategy]]
+) -> list[Strategy]:
+    found: dict[tuple[object, ...], Strategy] = {}
+    k = len(op.inputs)
+    for combo in itertools.product(*per_axis):
+        kernel_axes = [s.kernel for s in combo if s.kernel]
+        if len(kernel_axes) > 1 and "vocab_embedding" in kernel_axes:
+            continue  # vocab-parallel lookup over one axis only
+        ins = tuple(tuple(s.ins[i] or R for s in combo) for i in range(k))
+        outs = tuple(tuple(s.outs[j] for s in combo) for j in range(len(op.outputs)))
+        if not all(_divides(m, lay, sizes) for m, lay in zip(op.inputs, ins)):
+            continue
+        if not all(_divides(m, lay, sizes) for m, lay in zip(op.outputs, outs)):
+            continue
+        active = [_active(s) for s in combo]
+        grads = tuple(
+            tuple(grad_placement(p, a) for p, a in zip(lay, active)) for lay in ins
+        )
+        div = 1
+        for s, n in zip(combo, sizes):
+            if s.split:
+                div *= n
+        key = (ins, outs)
+        if key not in found:
+            kernels = tuple(s.kernel for s in combo)
+            found[key] = Strategy(ins, outs, grads, div, kernels)
+    return list(found.values())
+
+
+def node_strategies(op: OpView, sizes: tuple[int, ...], rule: Rule) -> list[Strategy]:
+    per_axis = [rule(op, n) for n in sizes]
+    return combine(op, sizes, per_axis)
+
+
+def free_strategies(meta: TensorMeta, sizes: tuple[int, ...], allow_shard: bool) -> list[Strategy]:
+    """Layouts for a graph input or parameter: replicated, or sharded on any dims."""
+    options: list[list[Placement]] = []
+    for _ in sizes:
+        axis_opts: list[Placement] = [R]
+        if allow_shard:
+            axis_opts += [Shard(d) for d in range(meta.ndim)]
+        options.append(axis_opts)
+    found = []
+    for layout in itertools.product(*options):
+        if _divides(meta, layout, sizes):
+            found.append(Strategy((), (tuple(layout),), (), 1, ()))
+    return found

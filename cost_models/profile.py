@@ -1,0 +1,128 @@
+"""Profile: measured figures that replace the device table's figures.
+
+Contract: a ``Profile`` is a frozen value of *achieved* (not peak) numbers, each
+optional: ``matmul_flops`` (FLOP/s per dtype key), ``mem_bw`` (bytes/s), intra- and
+inter-node link bandwidth (bytes/s per device) and alpha (seconds per step), and the
+kernel ``launch_floor_s``. ``apply(device)`` returns the device with those figures
+substituted; because they are achieved rates, efficiencies become 1.0 and table peaks
+the profile does not cover are pre-multiplied by the table efficiency, so unmeasured
+dtypes keep their modelled rate. JSON round trip via ``to_json``/``from_json`` and
+files via ``save(path)``/``Profile.load(path)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cost_models import _validate as v
+from cost_models.dtypes import FLOAT_KEYS
+from cost_models.hardware import DeviceSpec
+
+_OPTIONAL_FLOATS = (
+    "mem_bw",
+    "intra_bw",
+    "intra_alpha",
+    "inter_bw",
+    "inter_alpha",
+    "launch_floor_s",
+)
+_ALPHA_LIKE = ("intra_alpha", "inter_alpha", "launch_floor_s")
+
+
+@dataclass(frozen=True)
+class Profile:
+    matmul_flops: Mapping[str, float] = field(default_factory=dict)
+    mem_bw: float | None = None
+    intra_bw: float | None = None
+    intra_alpha: float | None = None
+    inter_bw: float | None = None
+    inter_alpha: float | None = None
+    launch_floor_s: float | None = None
+    note: str = ""  # free text: where and how it was measured
+
+    def __post_init__(self) -> None:
+        flops = v.frozen_float_map("profile matmul_flops", self.matmul_flops)
+        unknown = sorted(set(flops) - set(FLOAT_KEYS))
+        if unknown:
+            raise ValueError(
+                f"profile matmul_flops has unknown dtype keys {unknown}; use keys from "
+                f"{list(FLOAT_KEYS)}"
+            )
+        object.__setattr__(self, "matmul_flops", flops)
+        for name in _OPTIONAL_FLOATS:
+            val = getattr(self, name)
+            if val is None:
+                continue
+            check = v.non_negative if name in _ALPHA_LIKE else v.positive
+            object.__setattr__(self, name, check(f"profile {name}", val))
+        if not isinstance(self.note, str):
+            raise ValueError(f"profile note must be a string, got {self.note!r}")
+
+    def __hash__(self) -> int:
+        rest = tuple(getattr(self, n) for n in _OPTIONAL_FLOATS)
+        return hash((tuple(sorted(self.matmul_flops.items())), rest, self.note))
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.matmul_flops and all(getattr(self, n) is None for n in _OPTIONAL_FLOATS)
+
+    def apply(self, device: DeviceSpec) -> DeviceSpec:
+        """``device`` with the measured figures substituted (see module docstring)."""
+        if self.is_empty:
+            return device
+        changes: dict[str, Any] = {}
+        if self.matmul_flops:
+            eff = device.matmul_efficiency
+            flops = {k: peak * eff for k, peak in device.flops.items()}
+            flops.update(self.matmul_flops)
+            if "fp32" not in flops:  # pragma: no cover - tables always hold fp32
+                flops["fp32"] = device.peak_flops("fp32") * eff
+            changes.update(flops=flops, matmul_efficiency=1.0)
+        if self.mem_bw is not None:
+            changes.update(mem_bw=self.mem_bw, memory_efficiency=1.0)
+        for mine, theirs in (
+            ("intra_bw", "intra_node_bw"),
+            ("intra_alpha", "intra_alpha"),
+            ("inter_bw", "inter_node_bw"),
+            ("inter_alpha", "inter_alpha"),
+            ("launch_floor_s", "launch_floor_s"),
+        ):
+            if getattr(self, mine) is not None:
+                changes[theirs] = getattr(self, mine)
+        return dataclasses.replace(device, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"matmul_flops": dict(self.matmul_flops)}
+        for n in _OPTIONAL_FLOATS:
+            if getattr(self, n) is not None:
+                out[n] = getattr(self, n)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+    @staticmethod
+    def from_json(obj: Any) -> Profile:
+        d = v.check_keys("profile", obj, set(), {"matmul_flops", *_OPTIONAL_FLOATS, "note"})
+        return Profile(**d)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Profile:
+        try:
+            with open(path, encoding="utf-8") as f:
+                obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"profile file {os.fspath(path)!r} is not valid JSON: {e}") from None
+        try:
+            return Profile.from_json(obj)
+        except ValueError as e:
+            raise ValueError(f"profile file {os.fspath(path)!r}: {e}") from None
