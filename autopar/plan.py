@@ -27,6 +27,14 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
+class CollectivePlan:
+    kind: str
+    axis: str
+    nbytes: int
+    phase: str  # forward | backward
+
+
+@dataclass(frozen=True)
 class NodePlan:
     name: str
     op: str
@@ -37,14 +45,7 @@ class NodePlan:
     grads: tuple[Layout, ...]
     kernel: str | None
     compute_s: float
-
-
-@dataclass(frozen=True)
-class CollectivePlan:
-    kind: str
-    axis: str
-    nbytes: int
-    phase: str  # forward | backward
+    collectives: tuple[CollectivePlan, ...] = ()  # issued inside a custom kernel
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,9 @@ class Plan:
 
     def collectives(self, phase: str | None = None) -> Counter[str]:
         """How many collectives of each kind one training step issues."""
-        return Counter(
-            c.kind for r in self.reshards for c in r.collectives if phase in (None, c.phase)
-        )
+        inside = [c for n in self.nodes for c in n.collectives]
+        between = [c for r in self.reshards for c in r.collectives]
+        return Counter(c.kind for c in (*between, *inside) if phase in (None, c.phase))
 
     # ---- JSON ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +115,7 @@ class Plan:
                     "outs": [layout_to_json(x) for x in n.outs],
                     "grads": [layout_to_json(x) for x in n.grads],
                     "kernel": n.kernel, "compute_s": n.compute_s,
+                    "collectives": [c.__dict__ for c in n.collectives],
                 }
                 for n in self.nodes
             ],
@@ -201,6 +203,12 @@ def _natural(key: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in key.replace(".", " . ").split()]
 
 
+def _collective(c: Any) -> CollectivePlan:
+    if c["phase"] not in ("forward", "backward"):
+        raise PlanError(f"collective phase must be forward or backward, got {c['phase']!r}")
+    return CollectivePlan(str(c["kind"]), str(c["axis"]), int(c["nbytes"]), str(c["phase"]))
+
+
 def _from_json(obj: Any) -> Plan:
     if not isinstance(obj, dict):
         raise PlanError(f"a plan must be a JSON object, got {type(obj).__name__}")
@@ -223,6 +231,7 @@ def _from_json(obj: Any) -> Plan:
             str(n["name"]), str(n["op"]), str(n["kind"]), str(n["module"]),
             tuple(lay(x) for x in n["ins"]), tuple(lay(x) for x in n["outs"]),
             tuple(lay(x) for x in n["grads"]), n["kernel"], float(n["compute_s"]),
+            tuple(_collective(c) for c in n.get("collectives", [])),
         )
         for n in obj["nodes"]
     )  # fmt: skip
@@ -231,10 +240,7 @@ def _from_json(obj: Any) -> Plan:
     for r in obj["reshards"]:
         if r["src"] not in names or r["dst"] not in names:
             raise PlanError(f"reshard {r['src']}->{r['dst']} names a node the plan does not have")
-        colls = tuple(
-            CollectivePlan(str(c["kind"]), str(c["axis"]), int(c["nbytes"]), str(c["phase"]))
-            for c in r["collectives"]
-        )
+        colls = tuple(_collective(c) for c in r["collectives"])
         reshards.append(
             ReshardPlan(
                 r["src"], int(r["out_index"]), r["dst"], int(r["slot"]), lay(r["src_layout"]),

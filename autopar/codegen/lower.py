@@ -48,6 +48,8 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
         if src_name not in by_name:
             raise PlanError(f"plan has no node {src_name!r}; it was made for another model")
         src = by_name[src_name].outs[idx]
+        if by_name[src_name].kind == "input":  # callers pass whole tensors; slicing is local
+            src = tuple(R for _ in sizes)
         is_param = by_name[src_name].kind == "param"
         if src == dst and grad == tuple(R if str(p).startswith("P") else p for p in dst) and not is_param:
             if all(not str(p).startswith("P") for p in src):

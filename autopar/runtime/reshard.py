@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from autopar.placement import Layout, parse_placement, to_dtensor_placements
+from typing import Any
+
+from autopar.placement import R, Layout, Partial, Placement, Shard, parse_placement, to_dtensor_placements
 
 _TOKEN = re.compile(r"S\(\d+\)|P\(avg\)|R|P")
 
@@ -40,16 +42,67 @@ class Reshard(torch.nn.Module):
         self.mesh = mesh
 
     def forward(self, x: torch.Tensor, src: str, dst: str, grad: str) -> torch.Tensor:
-        dst_p = to_dtensor_placements(parse_layout(dst))
+        dst_l = parse_layout(dst)
         grad_p = to_dtensor_placements(parse_layout(grad))
-        if isinstance(x, DTensor):
-            dt = x
+        if isinstance(x, DTensor):  # a parameter: its gradient arrives in its own layout
+            src_l = tuple(_from_dtensor(p) for p in x.placements)
+            x = x.to_local(grad_placements=x.placements)
         else:
-            src_p = to_dtensor_placements(parse_layout(src))
-            dt = DTensor.from_local(x, self.mesh, src_p, run_check=False)  # type: ignore[arg-type]
-        if tuple(dt.placements) != dst_p:
-            dt = dt.redistribute(self.mesh, dst_p)  # type: ignore[arg-type]
-        return dt.to_local(grad_placements=grad_p)  # type: ignore[arg-type]
+            src_l = parse_layout(src)
+        avg = [a for a, p in enumerate(src_l) if p == Partial("avg") and dst_l[a] != p]
+        if avg:  # the gradient of a mean over n ranks is 1/n of the mean's gradient
+            n = 1
+            for a in avg:
+                n *= self.mesh.size(a)  # type: ignore[attr-defined]
+            x = _ScaleGrad.apply(x, 1.0 / n)
+        src_p = to_dtensor_placements(src_l)
+        dt = DTensor.from_local(x, self.mesh, src_p, run_check=False)  # type: ignore[arg-type]
+        # R -> P is local: rank 0 of the axis keeps the value, the others hold zeros
+        to_partial = [a for a, (s, d) in enumerate(zip(src_l, dst_l)) if s == R and isinstance(d, Partial)]
+        mid = tuple(R if a in to_partial else d for a, d in enumerate(dst_l))
+        mid_p = to_dtensor_placements(mid)
+        if tuple(dt.placements) != mid_p:
+            dt = dt.redistribute(self.mesh, mid_p)  # type: ignore[arg-type]
+        local = dt.to_local(grad_placements=grad_p)  # type: ignore[arg-type]
+        if to_partial:
+            keep = all(self.mesh.get_local_rank(a) == 0 for a in to_partial)  # type: ignore[attr-defined]
+            local = _KeepOnOneRank.apply(local, keep)
+        return local
+
+
+class _KeepOnOneRank(torch.autograd.Function):
+    """Replicated value -> partial value (kept on one rank). The gradient of the summed
+    value is replicated, so backward passes it through unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, keep: bool) -> torch.Tensor:  # type: ignore[override]
+        return x.clone() if keep else torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+def _from_dtensor(p: Any) -> Placement:
+    from torch.distributed.tensor import Partial as TPartial
+    from torch.distributed.tensor import Shard as TShard
+
+    if isinstance(p, TShard):
+        return Shard(p.dim)
+    if isinstance(p, TPartial):
+        return Partial(p.reduce_op)
+    return R
 
 
 class VocabEmbedding(torch.nn.Module):

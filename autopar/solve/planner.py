@@ -107,7 +107,15 @@ def _expand(graph, cm, canon, choice, strategy, solution, solve_s) -> Plan:  # t
         t = node_seconds(cm, node.op, node.family, s, node.requires_grad) if node.kind == "op" else 0.0
         compute += t
         module = node.target if node.kind in ("param", "buffer") else node.module
-        nodes.append(NodePlan(name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t))
+        inside: tuple[CollectivePlan, ...] = ()
+        if s.kernel == "sharded_cross_entropy":  # the loss's sum and count, per split axis
+            inside = tuple(
+                CollectivePlan("all_reduce", names[a], 4, "forward")
+                for _ in range(2) for a, k in enumerate(s.kernels) if k
+            )
+        nodes.append(
+            NodePlan(name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t, inside)
+        )
     reshards = []
     comm = 0.0
     for e in graph.edges:

@@ -3,7 +3,7 @@
 Contract: ``restrict(graph, preset, axes)`` removes strategies in place:
 - ``"dp"``: every parameter replicated; every graph input sharded on dim 0 on each axis
   (an input whose batch does not divide raises ValueError saying so); every op that
-  depends on the inputs computes on sharded or partial values (scalars excepted), so
+  depends on the inputs keeps dim 0 (the batch) sharded (scalars excepted), so
   the batch stays split and parameter gradients are all-reduced.
 - ``"tp"``: every parameter of rank >= 2 sharded on each axis and used where it is stored
   (Megatron's column/row pairs are then the cheapest way to connect them); inputs
@@ -33,9 +33,9 @@ def restrict(graph: PlanGraph, preset: str) -> None:
         if node.kind == "op" and preset == "dp" and node.name in data:
             keep = [
                 s for s in node.strategies
-                if all(m.ndim == 0 or not any(isinstance(p, Replicate) for p in lay)
+                if all(m.ndim == 0 or all(p == Shard(0) for p in lay)
                        for m, lay in zip(node.out_metas, s.outs))
-            ]  # fmt: skip
+            ] or node.strategies  # an op that cannot keep the batch split runs replicated
         elif node.kind == "param":
             if preset == "dp":
                 keep = [s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])]
@@ -68,9 +68,14 @@ def restrict(graph: PlanGraph, preset: str) -> None:
         else:
             continue
         if not keep:
+            why = (
+                "autopar has no sharding rule for this op"
+                if node.family == "unknown"
+                else f"its dims {[list(m.shape) for m in node.out_metas]} do not divide"
+            )
             raise ValueError(
                 f"strategy={preset!r} leaves node {node.name!r} ({node.target}, module "
-                f"{node.module or '<top>'}) without a valid layout on mesh {graph.mesh}; its dims "
-                f"{[list(m.shape) for m in node.out_metas]} do not divide. Use strategy='auto'"
+                f"{node.module or '<top>'}) without a valid layout on mesh {graph.mesh}: {why}. "
+                "Use strategy='auto'"
             )
         node.strategies = keep

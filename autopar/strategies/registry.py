@@ -71,6 +71,7 @@ def _build() -> dict[str, tuple[str, Rule]]:
     for name, (pos, arg) in DIM_EXCLUSIVE.items():
         rule = partial(rules_pointwise.dim_exclusive_rule, dim_pos=pos, dim_name=arg)
         table[name] = ("dim-exclusive", rule)
+    table["broadcast_tensors"] = ("pointwise", rules_pointwise.broadcast_tensors_rule)
     for name in ("layer_norm", "rms_norm"):
         table[name] = ("norm", rules_pointwise.norm_rule)
     for name in ("pad", "constant_pad_nd"):

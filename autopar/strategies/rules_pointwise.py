@@ -104,3 +104,18 @@ def norm_rule(op: OpView, n: int) -> list[AxisStrategy]:
             continue
         found.append(AxisStrategy((Shard(d),) + (R,) * (k - 1), (Shard(d),), split=True))
     return found
+
+
+def broadcast_tensors_rule(op: OpView, n: int) -> list[AxisStrategy]:
+    out = op.out
+    k = len(op.inputs)
+    found = [AxisStrategy(tuple([R] * k), tuple(R for _ in op.outputs), split=False)]
+    for d, s in enumerate(out.shape):
+        if s % n or s < n:
+            continue
+        ins: list[Placement | None] = []
+        for meta in op.inputs:
+            da = d - (out.ndim - meta.ndim)
+            ins.append(Shard(da) if da >= 0 and meta.shape[da] == s else R)
+        found.append(AxisStrategy(tuple(ins), tuple(Shard(d) for _ in op.outputs), split=True))
+    return found

@@ -1,0 +1,1 @@
+"""Benchmarks for autopar (run as scripts, e.g. ``python -m benchmarks.planning_time``)."""
