@@ -33,7 +33,7 @@ def _run_one(example: str, strategy: str, mesh: Any, optimizer: str, steps: int,
     def make(params: Any) -> torch.optim.Optimizer:
         if optimizer == "sgd":
             return torch.optim.SGD(params, lr=0.1)
-        return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01, foreach=False)
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=False)
 
     opt_ref, opt = make(ref.parameters()), make(compiled.parameters())
     losses, ref_losses, comms = [], [], {}
