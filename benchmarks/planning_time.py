@@ -31,13 +31,15 @@ import gc
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/planning_time.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import cost_models  # noqa: E402
 from autopar.capture import capture  # noqa: E402
 from autopar.mesh import MeshSpec  # noqa: E402
 from autopar.solve.graph import build_graph  # noqa: E402
@@ -45,8 +47,6 @@ from autopar.solve.ilp import solve  # noqa: E402
 from autopar.solve.layers import canonical_map  # noqa: E402
 from autopar.solve.planner import _expand, build_problem  # noqa: E402
 from autopar.solve.presets import restrict  # noqa: E402
-
-import cost_models  # noqa: E402
 
 STRATEGY = "auto"
 CLUSTER = "8xH100"
@@ -138,7 +138,7 @@ def plan_rows(case: ModelCase, meshes: tuple[dict[str, int], ...], time_limit: f
         for r in rows:
             r.error = f"capture: {type(err).__name__}: {err}"[:200]
         return rows
-    for row, mesh_dict in zip(rows, meshes):
+    for row, mesh_dict in zip(rows, meshes, strict=True):
         row.build_s, row.capture_s = build_s, capture_s
         try:
             mesh = MeshSpec.of(mesh_dict)
@@ -238,7 +238,7 @@ def print_table(rows: list[Row]) -> None:
         for row in data:
             print("  ".join(
                 c.rjust(w) if a == "r" else c.ljust(w)
-                for c, w, (_, a) in zip(row, widths, COLUMNS)
+                for c, w, (_, a) in zip(row, widths, COLUMNS, strict=True)
             ))  # fmt: skip
     print(
         "times in seconds (wall clock, time.perf_counter). "
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             profiler.enable()
         runs = [plan_rows(case, MESHES, opts.time_limit) for _ in range(max(1, opts.repeat))]
         case_rows = [
-            min(versions, key=lambda r: (bool(r.error), r.total_s)) for versions in zip(*runs)
+            min(versions, key=lambda r: (bool(r.error), r.total_s))
+            for versions in zip(*runs, strict=True)
         ]
         if profiler:
             profiler.disable()

@@ -123,9 +123,17 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
         return Solution(choice, objective(problem, choice), "trivial", "none", 0.0, 0)
 
     prob = pulp.LpProblem("autopar", pulp.LpMinimize)
+
+    def var(name: str, binary: bool) -> pulp.LpVariable:
+        if hasattr(prob, "add_variable"):  # PuLP >= 3.3
+            if binary:
+                return prob.add_variable(name, 0, 1, cat="Binary")
+            return prob.add_variable(name, 0)
+        return pulp.LpVariable(name, lowBound=0, cat="Binary" if binary else "Continuous")
+
     names = {u: f"n{k}" for k, u in enumerate(sorted(free))}
     x = {
-        u: [pulp.LpVariable(f"x_{names[u]}_{i}", cat="Binary") for i in range(len(costs[u]))]
+        u: [var(f"x_{names[u]}_{i}", True) for i in range(len(costs[u]))]
         for u in free
     }
     terms = [(x[u][i], costs[u][i]) for u in free for i in range(len(costs[u]))]
@@ -134,14 +142,18 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
     num_vars = sum(len(v) for v in x.values())
     for k, e in enumerate(pair_terms):
         ga, gb = max(e.u_group) + 1, max(e.v_group) + 1
-        ev = [[pulp.LpVariable(f"e{k}_{a}_{b}", lowBound=0) for b in range(gb)] for a in range(ga)]
+        ev = [[var(f"e{k}_{a}_{b}", False) for b in range(gb)] for a in range(ga)]
         num_vars += ga * gb
+        u_members: list[list[pulp.LpVariable]] = [[] for _ in range(ga)]
+        for i, a in enumerate(e.u_group):
+            u_members[a].append(x[e.u][i])
+        v_members: list[list[pulp.LpVariable]] = [[] for _ in range(gb)]
+        for j, b in enumerate(e.v_group):
+            v_members[b].append(x[e.v][j])
         for a in range(ga):
-            members = [x[e.u][i] for i in range(len(e.u_group)) if e.u_group[i] == a]
-            prob += pulp.lpSum(ev[a]) == pulp.lpSum(members)
+            prob += pulp.lpSum(ev[a]) == pulp.lpSum(u_members[a])
         for b in range(gb):
-            members = [x[e.v][j] for j in range(len(e.v_group)) if e.v_group[j] == b]
-            prob += pulp.lpSum(ev[a][b] for a in range(ga)) == pulp.lpSum(members)
+            prob += pulp.lpSum(ev[a][b] for a in range(ga)) == pulp.lpSum(v_members[b])
         terms += [(ev[a][b], e.cost[a][b] * scale) for a in range(ga) for b in range(gb) if e.cost[a][b]]
     for c in problem.constraints:
         fixed = sum(w[0] for u, w in c.weights.items() if u not in free)

@@ -30,8 +30,17 @@ def _groups(keys: list[object]) -> list[int]:
     return [ids.setdefault(k, len(ids)) for k in keys]
 
 
-def _edge_seconds(cm: CostModel, fwd: list, bwd: list) -> float:  # type: ignore[type-arg]
-    return sum(cm.collective_time(c.kind, c.nbytes, c.axis) for c in (*fwd, *bwd))
+def _edge_seconds(cm: CostModel, fwd: list, bwd: list, memo: dict | None = None) -> float:  # type: ignore[type-arg]
+    total = 0.0
+    for c in (*fwd, *bwd):
+        key = (c.kind, c.nbytes, c.axis)
+        if memo is None:
+            total += cm.collective_time(*key)
+            continue
+        if key not in memo:
+            memo[key] = cm.collective_time(*key)
+        total += memo[key]
+    return total
 
 
 def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Problem:
@@ -52,6 +61,7 @@ def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Pro
     for e in graph.edges:
         edge_mult[(canon[e.src], e.out_index, canon[e.dst], e.slot)] += 1
     edges = []
+    memo: dict[tuple[str, int, int], float] = {}
     for (u, idx, v, slot), m in edge_mult.items():
         src, dst = graph.nodes[u], graph.nodes[v]
         meta = src.out_metas[idx]
@@ -63,7 +73,7 @@ def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Pro
         cost = [
             [
                 m * _edge_seconds(cm, *edge_collectives(u_lay[a], v_lay[b][0], v_lay[b][1], meta,
-                                                       src.requires_grad, sizes))
+                                                       src.requires_grad, sizes), memo)
                 for b in range(len(v_lay))
             ]
             for a in range(len(u_lay))
