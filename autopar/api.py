@@ -8,7 +8,8 @@ plan (the solver is deterministic), so no plan has to be broadcast.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -35,18 +35,18 @@ class Captured:
     example_kwargs: dict[str, Any]
 
 
-_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s+(?P<code>[^\n]+)')
+_LINE = re.compile(
+    r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s+(?P<code>[^\n]+)'
+)
 
 
 def _user_frame(message: str) -> str:
     """The last frame of the user's code quoted in an export error, if any."""
-    frames = [
-        m for m in _LINE.finditer(message) if "site-packages/torch" not in m.group("file")
-    ]
+    frames = [m for m in _LINE.finditer(message) if "site-packages/torch" not in m.group("file")]
     if not frames:
         return ""
     m = frames[-1]
-    return f'{m.group("file")}:{m.group("line")} in {m.group("fn")}: {m.group("code").strip()}'
+    return f"{m.group('file')}:{m.group('line')} in {m.group('fn')}: {m.group('code').strip()}"
 
 
 def _explain(model: torch.nn.Module, err: Exception) -> CaptureError:
@@ -67,9 +67,7 @@ def _explain(model: torch.nn.Module, err: Exception) -> CaptureError:
             "strict=False) and that example inputs match the real ones"
         )
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return CaptureError(
-        f"cannot capture {name}{where}: {first[:300]}. Fix: {hint}."
-    )
+    return CaptureError(f"cannot capture {name}{where}: {first[:300]}. Fix: {hint}.")
 
 
 def capture(

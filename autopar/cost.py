@@ -59,7 +59,9 @@ def _other_factor(layout_a: Layout, layout_b: Layout, axis: int, sizes: tuple[in
     return f
 
 
-def transition(src: Layout, dst: Layout, meta: TensorMeta, sizes: tuple[int, ...]) -> list[Collective]:
+def transition(
+    src: Layout, dst: Layout, meta: TensorMeta, sizes: tuple[int, ...]
+) -> list[Collective]:
     found = []
     for axis, (s, d) in enumerate(zip(src, dst)):
         kind = _kind(s, d)
@@ -75,7 +77,12 @@ def grad_of(layout: Layout) -> Layout:
 
 
 def edge_collectives(
-    src: Layout, dst: Layout, grad: Layout, meta: TensorMeta, needs_grad: bool, sizes: tuple[int, ...]
+    src: Layout,
+    dst: Layout,
+    grad: Layout,
+    meta: TensorMeta,
+    needs_grad: bool,
+    sizes: tuple[int, ...],
 ) -> tuple[list[Collective], list[Collective]]:
     fwd = transition(src, dst, meta, sizes)
     bwd = transition(grad, grad_of(src), meta, sizes) if needs_grad else []
@@ -111,7 +118,9 @@ def node_seconds(
         return 0.0
     scale = (1.0 + BACKWARD_FACTOR) if needs_grad else 1.0
     dtype = op.outputs[0].dtype if op.outputs else "fp32"
-    t = cm.compute_time(flops * scale / strategy.compute_div, nbytes * scale / strategy.compute_div, dtype)
+    t = cm.compute_time(
+        flops * scale / strategy.compute_div, nbytes * scale / strategy.compute_div, dtype
+    )
     if strategy.kernel == "sharded_cross_entropy":
         for axis, k in enumerate(strategy.kernels):
             if k:

@@ -99,14 +99,18 @@ def launch(
     try:
         while len(results) < nproc:
             try:
-                rank, status, payload = out.get(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                rank, status, payload = out.get(
+                    timeout=max(0.1, min(1.0, deadline - time.monotonic()))
+                )
                 results[rank] = (status, payload)
                 if status == "error":
                     print(f"rank {rank} failed:\n{payload}")
                     return False
             except queue.Empty:
                 if time.monotonic() > deadline:
-                    print(f"timed out after {timeout:.0f} s waiting for ranks {sorted(set(range(nproc)) - set(results))}")
+                    print(
+                        f"timed out after {timeout:.0f} s waiting for ranks {sorted(set(range(nproc)) - set(results))}"
+                    )
                     return False
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead:
@@ -131,6 +135,8 @@ def launch(
     if check:
         good = report["param_excess"] <= ATOL
         ok &= good
-        print(f"parameters after {steps} steps: {'match' if good else 'MISMATCH'} the single-process model")
+        print(
+            f"parameters after {steps} steps: {'match' if good else 'MISMATCH'} the single-process model"
+        )
         print("check passed" if ok else "check FAILED")
     return ok

@@ -9,8 +9,9 @@ inside a node). A MeshSpec is pure data: it builds a torch ``DeviceMesh`` only w
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class MeshSpec:
                 raise ValueError(f"mesh axis {name!r} must have a positive int size, got {size!r}")
 
     @staticmethod
-    def of(spec: Mapping[str, int] | int | "MeshSpec", default_axis: str = "dp") -> "MeshSpec":
+    def of(spec: Mapping[str, int] | int | MeshSpec, default_axis: str = "dp") -> MeshSpec:
         """Build from a dict ``{"dp": 2, "tp": 2}``, a device count, or a MeshSpec."""
         if isinstance(spec, MeshSpec):
             return spec
@@ -81,9 +82,11 @@ class MeshSpec:
         return {"axes": [{"name": n, "size": s} for n, s in self.axes]}
 
     @staticmethod
-    def from_json(obj: Any) -> "MeshSpec":
+    def from_json(obj: Any) -> MeshSpec:
         if not isinstance(obj, dict) or not isinstance(obj.get("axes"), list):
-            raise ValueError(f"mesh must be {{'axes': [{{'name': ..., 'size': ...}}]}}, got {obj!r}")
+            raise ValueError(
+                f"mesh must be {{'axes': [{{'name': ..., 'size': ...}}]}}, got {obj!r}"
+            )
         axes = []
         for a in obj["axes"]:
             if not isinstance(a, dict) or "name" not in a or "size" not in a:

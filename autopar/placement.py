@@ -14,7 +14,6 @@ Placements are frozen values. ``str()`` is short for people (``S(0)``, ``R``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True, order=True)
@@ -52,7 +51,7 @@ class Partial:
         return {"kind": "partial", "op": self.op}
 
 
-Placement = Union[Shard, Replicate, Partial]
+Placement = Shard | Replicate | Partial
 Layout = tuple[Placement, ...]  # one placement per mesh axis
 
 R = Replicate()
@@ -117,7 +116,9 @@ def shard_factor(layout: Layout, dim: int, axis_sizes: tuple[int, ...]) -> int:
     return f
 
 
-def local_shape(shape: tuple[int, ...], layout: Layout, axis_sizes: tuple[int, ...]) -> tuple[int, ...]:
+def local_shape(
+    shape: tuple[int, ...], layout: Layout, axis_sizes: tuple[int, ...]
+) -> tuple[int, ...]:
     """Shape of one rank's piece of a tensor of global ``shape`` (even shards only)."""
     return tuple(s // shard_factor(layout, d, axis_sizes) for d, s in enumerate(shape))
 

@@ -143,8 +143,10 @@ class Plan:
         try:
             obj = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise PlanError(f"cannot read plan {path}: {err}. Pass a JSON file written by "
-                            "`autopar plan --json` or Plan.save") from err
+            raise PlanError(
+                f"cannot read plan {path}: {err}. Pass a JSON file written by "
+                "`autopar plan --json` or Plan.save"
+            ) from err
         return Plan.from_json(obj)
 
     @staticmethod

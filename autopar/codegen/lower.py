@@ -51,7 +51,11 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
         if by_name[src_name].kind == "input":  # callers pass whole tensors; slicing is local
             src = tuple(R for _ in sizes)
         is_param = by_name[src_name].kind == "param"
-        if src == dst and grad == tuple(R if str(p).startswith("P") else p for p in dst) and not is_param:
+        if (
+            src == dst
+            and grad == tuple(R if str(p).startswith("P") else p for p in dst)
+            and not is_param
+        ):
             if all(not str(p).startswith("P") for p in src):
                 return arg
         with graph.inserting_before(before):
@@ -69,7 +73,9 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
             np = by_name[node.name]
             slots = input_slots(node)
             if len(slots) != len(np.ins):
-                raise PlanError(f"plan node {node.name!r} has {len(np.ins)} inputs, graph has {len(slots)}")
+                raise PlanError(
+                    f"plan node {node.name!r} has {len(np.ins)} inputs, graph has {len(slots)}"
+                )
             counter = iter(range(len(slots)))
 
             def swap(a: fx.Node, np=np, node=node) -> fx.Node:  # type: ignore[no-untyped-def]
@@ -85,6 +91,7 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
             if np.kernel:
                 _use_kernel(gm, node, np.kernel, np, device_mesh)
         elif node.op == "output":
+
             def whole(a: fx.Node) -> fx.Node:
                 if a.name not in by_name and a.name not in alias:
                     return a

@@ -15,20 +15,27 @@ Contract:
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from typing import Any
-
-from autopar.placement import R, Layout, Partial, Placement, Shard, parse_placement, to_dtensor_placements
+from autopar.placement import (
+    Layout,
+    Partial,
+    Placement,
+    R,
+    Shard,
+    parse_placement,
+    to_dtensor_placements,
+)
 
 _TOKEN = re.compile(r"S\(\d+\)|P\(avg\)|R|P")
 
 
-@lru_cache(maxsize=None)
+@cache
 def parse_layout(text: str) -> Layout:
     tokens = _TOKEN.findall(text)
     if "".join(tokens) != text:
@@ -58,7 +65,9 @@ class Reshard(torch.nn.Module):
         src_p = to_dtensor_placements(src_l)
         dt = DTensor.from_local(x, self.mesh, src_p, run_check=False)  # type: ignore[arg-type]
         # R -> P is local: rank 0 of the axis keeps the value, the others hold zeros
-        to_partial = [a for a, (s, d) in enumerate(zip(src_l, dst_l)) if s == R and isinstance(d, Partial)]
+        to_partial = [
+            a for a, (s, d) in enumerate(zip(src_l, dst_l)) if s == R and isinstance(d, Partial)
+        ]
         mid = tuple(R if a in to_partial else d for a, d in enumerate(dst_l))
         mid_p = to_dtensor_placements(mid)
         if tuple(dt.placements) != mid_p:

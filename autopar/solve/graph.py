@@ -91,8 +91,25 @@ def layer_of(path: str) -> tuple[str, int] | None:
 def input_slots(node: fx.Node) -> list[fx.Node]:
     """fx.Node arguments in slot order (the order codegen rewrites them in)."""
     found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+
+    def visit(n: fx.Node) -> fx.Node:
+        found.append(n)
+        return n
+
+    fx.node.map_arg((node.args, node.kwargs), visit)
     return found
+
+
+def _op_view(node: fx.Node, in_metas: tuple[TensorMeta, ...], metas: list[TensorMeta]) -> OpView:
+    """The node as its rule sees it: fx.Node args replaced by Arg(slot, meta)."""
+    counter = iter(range(len(in_metas)))
+
+    def arg(n: fx.Node) -> Any:
+        return Arg(next(counter), tensor_meta(n.meta["val"]))  # type: ignore[arg-type]
+
+    view_args = fx.node.map_arg(node.args, arg)
+    view_kwargs = fx.node.map_arg(node.kwargs, arg)
+    return OpView(node.target, tuple(view_args), dict(view_kwargs), in_metas, tuple(metas))
 
 
 def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = None) -> PlanGraph:
@@ -143,21 +160,14 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
             in_metas = tuple(tensor_meta(s.meta.get("val")) for s in slots)
             if any(m is None for m in in_metas):
                 raise NotImplementedError(f"node {node.name} takes a non-tensor fx value")
-            counter = iter(range(len(slots)))
-            view_args = fx.node.map_arg(
-                node.args, lambda n: Arg(next(counter), tensor_meta(n.meta["val"]))  # type: ignore[arg-type]
-            )
-            view_kwargs = fx.node.map_arg(
-                node.kwargs, lambda n: Arg(next(counter), tensor_meta(n.meta["val"]))  # type: ignore[arg-type]
-            )
-            op = OpView(node.target, tuple(view_args), dict(view_kwargs), in_metas, tuple(metas))  # type: ignore[arg-type]
+            op = _op_view(node, in_metas, metas)  # type: ignore[arg-type]
             family, rule = registry.lookup(node.target)
             if family == "unknown":
                 unknown.append(op_name(node.target))
             strategies = node_strategies(op, sizes, rule)
             inputs = [source(s) for s in slots]
             grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and all(
-                m.is_float for m in metas  # type: ignore[union-attr]
+                m is not None and m.is_float for m in metas
             )
             path = _module_path(node)
             nodes[node.name] = PNode(
@@ -168,12 +178,12 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
         elif node.op == "output":
             slots = [s for s in input_slots(node) if tensor_meta(s.meta.get("val")) is not None]
             inputs = [source(s) for s in slots]
-            metas = tuple(tensor_meta(s.meta["val"]) for s in slots)
+            out_metas = tuple(tensor_meta(s.meta["val"]) for s in slots)
             full = tuple(tuple(R for _ in sizes) for _ in inputs)
             sink = Strategy(full, (), full, 1, ())
             nodes["output"] = PNode(
                 "output", "output", "output", "output", (), inputs, [sink], False, "",
-                fx_node=node, op=OpView("output", (), {}, metas, ()),  # type: ignore[arg-type]
+                fx_node=node, op=OpView("output", (), {}, out_metas, ()),  # type: ignore[arg-type]
             )  # fmt: skip
             edges += [Edge(p, i, "output", k) for k, (p, i) in enumerate(inputs)]
     return PlanGraph(mesh, nodes, edges, sorted(set(unknown)))

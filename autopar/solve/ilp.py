@@ -98,7 +98,9 @@ def _backend(time_limit: float) -> tuple[pulp.LpSolver, str]:
 def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -> Solution:
     start = time.perf_counter()
     scale = 1e6
-    costs = {u: [c * scale + tie_break * i for i, c in enumerate(cs)] for u, cs in problem.costs.items()}
+    costs = {
+        u: [c * scale + tie_break * i for i, c in enumerate(cs)] for u, cs in problem.costs.items()
+    }
     free = {u for u, cs in costs.items() if len(cs) > 1}
     for u, cs in costs.items():
         if not cs:
@@ -132,10 +134,7 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
         return pulp.LpVariable(name, lowBound=0, cat="Binary" if binary else "Continuous")
 
     names = {u: f"n{k}" for k, u in enumerate(sorted(free))}
-    x = {
-        u: [var(f"x_{names[u]}_{i}", True) for i in range(len(costs[u]))]
-        for u in free
-    }
+    x = {u: [var(f"x_{names[u]}_{i}", True) for i in range(len(costs[u]))] for u in free}
     terms = [(x[u][i], costs[u][i]) for u in free for i in range(len(costs[u]))]
     for u in free:
         prob += pulp.lpSum(x[u]) == 1
@@ -154,11 +153,15 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
             prob += pulp.lpSum(ev[a]) == pulp.lpSum(u_members[a])
         for b in range(gb):
             prob += pulp.lpSum(ev[a][b] for a in range(ga)) == pulp.lpSum(v_members[b])
-        terms += [(ev[a][b], e.cost[a][b] * scale) for a in range(ga) for b in range(gb) if e.cost[a][b]]
+        terms += [
+            (ev[a][b], e.cost[a][b] * scale) for a in range(ga) for b in range(gb) if e.cost[a][b]
+        ]
     for c in problem.constraints:
         fixed = sum(w[0] for u, w in c.weights.items() if u not in free)
         prob += (
-            pulp.lpSum(x[u][i] * w[i] for u, w in c.weights.items() if u in free for i in range(len(w)))
+            pulp.lpSum(
+                x[u][i] * w[i] for u, w in c.weights.items() if u in free for i in range(len(w))
+            )
             <= c.limit - fixed,
             c.name,
         )
@@ -167,7 +170,9 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
     prob.solve(solver)
     sol_status = prob.sol_status
     if sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        raise InfeasibleError(f"the strategy ILP has no feasible solution ({pulp.LpStatus[prob.status]})")
+        raise InfeasibleError(
+            f"the strategy ILP has no feasible solution ({pulp.LpStatus[prob.status]})"
+        )
     choice = {}
     for u in costs:
         if u in free:
@@ -177,5 +182,10 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
             choice[u] = 0
     status = "optimal" if sol_status == pulp.LpSolutionOptimal else "feasible (time limit)"
     return Solution(
-        choice, objective(problem, choice), status, solver_name, time.perf_counter() - start, num_vars
+        choice,
+        objective(problem, choice),
+        status,
+        solver_name,
+        time.perf_counter() - start,
+        num_vars,
     )

@@ -37,7 +37,9 @@ def canonical_map(graph: PlanGraph) -> dict[str, str]:
         sig = []
         for n in names:
             node = graph.nodes[n]
-            ins = tuple(pos.get(src, "ext") if src in pos else ("ext", idx) for src, idx in node.inputs)
+            ins = tuple(
+                pos.get(src, "ext") if src in pos else ("ext", idx) for src, idx in node.inputs
+            )
             ident = node.target[len(prefix) :] if node.kind == "param" else node.target
             op_args = repr(node.op.args) + repr(node.op.kwargs) if node.op else ""
             sig.append((node.kind, ident, node.out_metas, ins, op_args, len(node.strategies)))

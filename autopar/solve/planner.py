@@ -114,17 +114,25 @@ def _expand(graph, cm, canon, choice, strategy, solution, solve_s) -> Plan:  # t
     compute = 0.0
     for name, node in graph.nodes.items():
         s = chosen[name]
-        t = node_seconds(cm, node.op, node.family, s, node.requires_grad) if node.kind == "op" else 0.0
+        t = (
+            node_seconds(cm, node.op, node.family, s, node.requires_grad)
+            if node.kind == "op"
+            else 0.0
+        )
         compute += t
         module = node.target if node.kind in ("param", "buffer") else node.module
         inside: tuple[CollectivePlan, ...] = ()
         if s.kernel == "sharded_cross_entropy":  # the loss's sum and count, per split axis
             inside = tuple(
                 CollectivePlan("all_reduce", names[a], 4, "forward")
-                for _ in range(2) for a, k in enumerate(s.kernels) if k
+                for _ in range(2)
+                for a, k in enumerate(s.kernels)
+                if k
             )
         nodes.append(
-            NodePlan(name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t, inside)
+            NodePlan(
+                name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t, inside
+            )
         )
     reshards = []
     comm = 0.0
@@ -138,9 +146,9 @@ def _expand(graph, cm, canon, choice, strategy, solution, solve_s) -> Plan:  # t
             continue
         seconds = _edge_seconds(cm, fwd, bwd)
         comm += seconds
-        colls = tuple(CollectivePlan(c.kind, names[c.axis], c.nbytes, "forward") for c in fwd) + tuple(
-            CollectivePlan(c.kind, names[c.axis], c.nbytes, "backward") for c in bwd
-        )
+        colls = tuple(
+            CollectivePlan(c.kind, names[c.axis], c.nbytes, "forward") for c in fwd
+        ) + tuple(CollectivePlan(c.kind, names[c.axis], c.nbytes, "backward") for c in bwd)
         reshards.append(ReshardPlan(e.src, e.out_index, e.dst, e.slot, src_layout, dst_layout,
                                     grad_layout, colls, seconds))  # fmt: skip
     predicted = Predicted(compute, comm, compute + comm, solution.solver, solution.status, solve_s,

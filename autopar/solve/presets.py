@@ -32,13 +32,18 @@ def restrict(graph: PlanGraph, preset: str) -> None:
     for node in graph.nodes.values():
         if node.kind == "op" and preset == "dp" and node.name in data:
             keep = [
-                s for s in node.strategies
-                if all(m.ndim == 0 or all(p == Shard(0) for p in lay)
-                       for m, lay in zip(node.out_metas, s.outs))
+                s
+                for s in node.strategies
+                if all(
+                    m.ndim == 0 or all(p == Shard(0) for p in lay)
+                    for m, lay in zip(node.out_metas, s.outs)
+                )
             ] or node.strategies  # an op that cannot keep the batch split runs replicated
         elif node.kind == "param":
             if preset == "dp":
-                keep = [s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])]
+                keep = [
+                    s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])
+                ]
             elif len(node.out_metas[0].shape) >= 2:
                 keep = [s for s in node.strategies if all(isinstance(p, Shard) for p in s.outs[0])]
             else:
@@ -55,7 +60,9 @@ def restrict(graph: PlanGraph, preset: str) -> None:
                         "strategy='auto'"
                     )
             else:
-                keep = [s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])]
+                keep = [
+                    s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])
+                ]
         elif node.kind == "op" and preset == "tp":
             params = {
                 k for k, (src, _) in enumerate(node.inputs)

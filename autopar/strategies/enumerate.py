@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 
-from autopar.placement import R, Layout, Partial, Placement, Replicate, Shard
+from autopar.placement import Layout, Partial, Placement, R, Replicate, Shard
 from autopar.strategies.rules_linear import Rule
 from autopar.strategies.types import AxisStrategy, OpView, Strategy, TensorMeta
 
@@ -57,9 +57,7 @@ def combine(
         if not all(_divides(m, lay, sizes) for m, lay in zip(op.outputs, outs)):
             continue
         active = [_active(s) for s in combo]
-        grads = tuple(
-            tuple(grad_placement(p, a) for p, a in zip(lay, active)) for lay in ins
-        )
+        grads = tuple(tuple(grad_placement(p, a) for p, a in zip(lay, active)) for lay in ins)
         div = 1
         for s, n in zip(combo, sizes):
             if s.split:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from autopar.placement import Shard
 from autopar.strategies import rules_linear, rules_nn, rules_pointwise, rules_view
 from autopar.strategies.rules_linear import Rule
-from autopar.placement import Shard
 from autopar.strategies.types import AxisStrategy, OpView
 
 POINTWISE = """

@@ -11,9 +11,9 @@ when its size divides by n.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from autopar.placement import P, R, Placement, Shard
+from autopar.placement import P, Placement, R, Shard
 from autopar.strategies.types import AxisStrategy, OpView
 
 Rule = Callable[[OpView, int], list[AxisStrategy]]
@@ -35,7 +35,7 @@ def einsum_strategies(spec: str, op: OpView, n: int, slots: tuple[int, ...]) -> 
             size[letter] = s
     num_slots = len(op.inputs)
 
-    def make(per_operand: list[Placement], out_p: Placement) -> AxisStrategy:
+    def make(per_operand: Sequence[Placement], out_p: Placement) -> AxisStrategy:
         ins: list[Placement | None] = [R] * num_slots
         for p, slot in zip(per_operand, slots):
             ins[slot] = p
@@ -45,6 +45,7 @@ def einsum_strategies(spec: str, op: OpView, n: int, slots: tuple[int, ...]) -> 
     for letter, s in size.items():
         if s % n or s < n:
             continue
+        per: list[Placement]
         if letter in out:
             per = [Shard(o.index(letter)) if letter in o else R for o in operands]
             found.append(make(per, Shard(out.index(letter))))

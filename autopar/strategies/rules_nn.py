@@ -14,7 +14,7 @@ Contract:
 
 from __future__ import annotations
 
-from autopar.placement import P, Partial, R, Placement, Shard
+from autopar.placement import P, Partial, Placement, R, Shard
 from autopar.strategies.types import AxisStrategy, OpView
 
 

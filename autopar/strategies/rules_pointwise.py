@@ -11,7 +11,7 @@ Contract:
 
 from __future__ import annotations
 
-from autopar.placement import P, R, Partial, Placement, Shard
+from autopar.placement import P, Partial, Placement, R, Shard
 from autopar.strategies.types import AxisStrategy, OpView
 
 # ops that are linear in their (float) tensor inputs: how Partial passes through

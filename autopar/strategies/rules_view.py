@@ -9,7 +9,7 @@ are global; the code generator rewrites them to local sizes from the planned lay
 
 from __future__ import annotations
 
-from autopar.placement import P, R, Placement, Shard
+from autopar.placement import P, Placement, R, Shard
 from autopar.strategies.types import AxisStrategy, OpView
 
 
