@@ -11,7 +11,9 @@ margins has only integral vertices), so the objective
 is exact. Edges with a one-strategy end are folded into the other end's costs, and an
 edge whose ends share one variable (a node reading its own copy in the previous merged
 layer) is folded into that node's costs. Optional linear constraints (memory budgets)
-are ``sum_{u,i} w_{u,i} x_{u,i} <= limit``. Costs are scaled to microseconds. HiGHS is
+are ``sum_{u,i} w_{u,i} x_{u,i} <= limit``. A follower v tied to its producer u by a map
+f (v runs strategy f(i) whenever u runs i) has no variables of its own: x_{v,f(i)} =
+x_{u,i}, so its costs and edges are re-indexed onto u before the solve. Costs are scaled to microseconds. HiGHS is
 used when highspy is installed, CBC otherwise; a solve cut short by the time limit is
 reported as such, never as optimal.
 """
@@ -46,6 +48,45 @@ class Problem:
     costs: dict[str, list[float]]  # node -> per strategy, seconds
     edges: list[EdgeTerm]
     constraints: list[Constraint] = field(default_factory=list)
+    # follower v tied to producer u: v takes strategy f[i] whenever u takes i
+    ties: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+
+
+def _root(problem: Problem, v: str) -> tuple[str, list[int]]:
+    """The untied node deciding v, and v's strategy for each of its strategies."""
+    if v not in problem.ties:
+        return v, list(range(len(problem.costs[v])))
+    u, f = problem.ties[v]
+    root, g = _root(problem, u)
+    return root, [f[i] for i in g]
+
+
+def untie(problem: Problem) -> tuple[Problem, dict[str, tuple[str, list[int]]]]:
+    """Fold tied followers into their roots: costs, edges and constraints re-indexed."""
+    if not problem.ties:
+        return problem, {}
+    roots = {v: _root(problem, v) for v in problem.costs}
+    costs = {u: list(c) for u, c in problem.costs.items() if u not in problem.ties}
+    for v, (r, f) in roots.items():
+        if v != r:
+            for i in range(len(costs[r])):
+                costs[r][i] += problem.costs[v][f[i]]
+    edges = []
+    for e in problem.edges:
+        (ru, fu), (rv, fv) = roots[e.u], roots[e.v]
+        ug = [e.u_group[fu[i]] for i in range(len(fu))]
+        vg = [e.v_group[fv[j]] for j in range(len(fv))]
+        edges.append(EdgeTerm(ru, rv, ug, vg, e.cost))
+    constraints = []
+    for c in problem.constraints:
+        weights: dict[str, list[float]] = {}
+        for v, w in c.weights.items():
+            r, f = roots[v]
+            acc = weights.setdefault(r, [0.0] * len(f))
+            for i in range(len(f)):
+                acc[i] += w[f[i]]
+        constraints.append(Constraint(c.name, weights, c.limit))
+    return Problem(costs, edges, constraints), {v: rf for v, rf in roots.items() if v != rf[0]}
 
 
 @dataclass(frozen=True)
@@ -70,10 +111,14 @@ def objective(problem: Problem, choice: dict[str, int]) -> float:
 
 
 def brute_force(problem: Problem) -> tuple[dict[str, int], float]:
-    names = list(problem.costs)
+    names = [n for n in problem.costs if n not in problem.ties]
     best: tuple[dict[str, int], float] = ({}, float("inf"))
     for combo in itertools.product(*(range(len(problem.costs[n])) for n in names)):
         choice = dict(zip(names, combo))
+        for v in problem.costs:
+            if v in problem.ties:
+                r, f = _root(problem, v)
+                choice[v] = f[choice[r]]
         ok = all(
             sum(w[choice[u]] for u, w in c.weights.items()) <= c.limit + 1e-12
             for c in problem.constraints
@@ -96,6 +141,19 @@ def _backend(time_limit: float) -> tuple[pulp.LpSolver, str]:
 
 
 def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -> Solution:
+    reduced, tied = untie(problem)
+    sol = _solve(reduced, time_limit, tie_break)
+    if not tied:
+        return sol
+    choice = dict(sol.choice)
+    for v, (r, f) in tied.items():
+        choice[v] = f[choice[r]]
+    return Solution(
+        choice, objective(problem, choice), sol.status, sol.solver, sol.seconds, sol.num_variables
+    )
+
+
+def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
     start = time.perf_counter()
     scale = 1e6
     costs = {
@@ -122,6 +180,12 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
             pair_terms.append(e)
     if not free:
         choice = {u: 0 for u in costs}
+        for c in problem.constraints:
+            used = sum(w[0] for w in c.weights.values())
+            if used > c.limit + 1e-12:
+                raise InfeasibleError(
+                    f"constraint {c.name} needs {used:g} but the limit is {c.limit:g}"
+                )
         return Solution(choice, objective(problem, choice), "trivial", "none", 0.0, 0)
 
     prob = pulp.LpProblem("autopar", pulp.LpMinimize)

@@ -79,7 +79,35 @@ def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Pro
             for a in range(len(u_lay))
         ]  # fmt: skip
         edges.append(EdgeTerm(u, v, ug, vg, cost))
-    return Problem(costs, edges)
+    return Problem(costs, edges, ties=follower_ties(graph, canon))
+
+
+FOLLOWER_FAMILIES = ("view", "pointwise")
+
+
+def follower_ties(graph: PlanGraph, canon: dict[str, str]) -> dict[str, tuple[str, list[int]]]:
+    """Fold single-input views and element-wise ops into their producer: when each of the
+    producer's output layouts admits exactly one strategy of the follower, the follower's
+    choice is a function of the producer's and needs no variables of its own."""
+    ties: dict[str, tuple[str, list[int]]] = {}
+    for name, node in graph.nodes.items():
+        if canon[name] != name or node.kind != "op" or node.family not in FOLLOWER_FAMILIES:
+            continue
+        if len(node.inputs) != 1 or len(node.strategies) < 2:
+            continue
+        src, idx = node.inputs[0]
+        u = canon[src]
+        if u == name or len(graph.nodes[u].strategies) < 2:
+            continue
+        f = []
+        for s in graph.nodes[u].strategies:
+            match = [j for j, t in enumerate(node.strategies) if t.ins[0] == s.outs[idx]]
+            if len(match) != 1:
+                break
+            f.append(match[0])
+        else:
+            ties[name] = (u, f)
+    return ties
 
 
 def make_plan(

@@ -6,8 +6,9 @@ product of the axis sizes sharding it. Each ``Strategy`` also records the layout
 input's gradient as this node produces it in backward:
 - an input that arrives ``Shard(d)`` gets a ``Shard(d)`` gradient;
 - an input that arrives ``Partial`` gets a ``Replicate`` gradient;
-- an input that arrives ``Replicate`` gets a ``Partial`` gradient on an axis over which
-  the node is split (each rank computed one piece), else ``Replicate``.
+- an input that arrives ``Replicate`` gets a ``Partial`` gradient on an axis where any
+  other input or output of the node is not replicated (each rank computed one piece of
+  the work that used it), else ``Replicate``.
 """
 
 from __future__ import annotations

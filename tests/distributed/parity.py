@@ -23,8 +23,9 @@ def _loss(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.loss
 
 
-def _run_one(example: str, strategy: str, mesh: Any, optimizer: str, steps: int,
-             cluster: str | None) -> dict[str, Any]:
+def _run_one(
+    example: str, strategy: str, mesh: Any, optimizer: str, steps: int, cluster: str | None
+) -> dict[str, Any]:
     mod = importlib.import_module(f"examples.{example}")
     model, args, kwargs = mod.build("tiny")
     ref = copy.deepcopy(model)
@@ -53,7 +54,11 @@ def _run_one(example: str, strategy: str, mesh: Any, optimizer: str, steps: int,
         ref_losses.append(float(loss_ref.detach()))
     full = compiled.full_state_dict()
     ref_sd = ref.state_dict()
-    diffs = {k: (float((full[k] - v).abs().max()), float(v.abs().max())) for k, v in ref_sd.items() if k in full}
+    diffs = {
+        k: (float((full[k] - v).abs().max()), float(v.abs().max()))
+        for k, v in ref_sd.items()
+        if k in full
+    }
     return {
         "losses": losses, "ref_losses": ref_losses, "diffs": diffs,
         "missing": sorted(set(ref_sd) - set(full)), "comms": comms,
@@ -85,9 +90,13 @@ def check(result: dict[str, Any]) -> None:
         rtol, atol = TOLERANCE[opt]
         assert not r["missing"], f"{opt}: full_state_dict misses {r['missing']}"
         for step, (a, b) in enumerate(zip(r["losses"], r["ref_losses"])):
-            assert abs(a - b) <= atol + rtol * abs(b), f"{opt} step {step}: loss {a} vs reference {b}"
+            assert abs(a - b) <= atol + rtol * abs(b), (
+                f"{opt} step {step}: loss {a} vs reference {b}"
+            )
         for key, (diff, scale) in r["diffs"].items():
-            assert diff <= atol + rtol * scale, f"{opt}: {key} differs by {diff} (max |ref| {scale})"
+            assert diff <= atol + rtol * scale, (
+                f"{opt}: {key} differs by {diff} (max |ref| {scale})"
+            )
         assert r["comms"] == r["planned"], (
             f"{opt}: collectives issued {r['comms']} differ from the plan's {r['planned']}"
         )

@@ -49,7 +49,9 @@ def test_capture_tiny_llama_on_meta():
     assert len(calls) > 50
     for node in calls:
         assert "val" in node.meta, node.format_node()
-        vals = node.meta["val"] if isinstance(node.meta["val"], (tuple, list)) else [node.meta["val"]]
+        vals = (
+            node.meta["val"] if isinstance(node.meta["val"], (tuple, list)) else [node.meta["val"]]
+        )
         for v in vals:
             if isinstance(v, torch.Tensor):
                 assert v.device.type == "meta", node.name

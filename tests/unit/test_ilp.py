@@ -124,9 +124,7 @@ def test_single_strategy_nodes_fold_into_neighbours():
 
 
 def test_all_single_strategy_is_trivial():
-    problem = Problem(
-        costs={"a": [1.0], "b": [2.0]}, edges=[EdgeTerm("a", "b", [0], [0], [[0.5]])]
-    )
+    problem = Problem(costs={"a": [1.0], "b": [2.0]}, edges=[EdgeTerm("a", "b", [0], [0], [[0.5]])])
     sol = solve(problem)
     assert sol.choice == {"a": 0, "b": 0}
     assert sol.objective == pytest.approx(3.5)
@@ -147,11 +145,6 @@ def test_node_without_strategies_raises():
         solve(Problem(costs={"a": [], "b": [1.0, 2.0]}, edges=[]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: solve() returns status 'trivial' without checking constraints when every "
-    "node has one strategy (autopar/solve/ilp.py, the `if not free:` early return)",
-)
 def test_infeasible_constraint_on_fixed_nodes_raises():
     problem = Problem(
         costs={"a": [0.0], "b": [0.0]},

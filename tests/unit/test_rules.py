@@ -11,7 +11,7 @@ from torch import nn
 
 from autopar.capture import capture
 from autopar.mesh import MeshSpec
-from autopar.placement import P, R, Partial, Replicate, Shard
+from autopar.placement import P, Partial, R, Replicate, Shard
 from autopar.solve.graph import build_graph
 from autopar.solve.planner import make_plan
 from autopar.strategies.enumerate import node_strategies
@@ -186,7 +186,7 @@ def test_unknown_op_is_replicate_only_and_warned():
     assert "special_bessel_j0" in plan.summary()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpt2_graph(axes: tuple[tuple[str, int], ...]):
     from examples import gpt2
 
