@@ -110,10 +110,9 @@ def _use_kernel(gm: fx.GraphModule, node: fx.Node, kernel: str, np: Any, mesh: A
     axes = tuple(a for a, lay in enumerate(zip(*np.ins)) if _kernel_axis(kernel, np, a))
     if kernel == "vocab_embedding":
         axis = axes[0]
-        vocab = int(node.args[0].meta["val"].shape[0])  # type: ignore[union-attr]
         target = f"vocab_embedding_{axis}"
         if not hasattr(gm, target):
-            gm.add_submodule(target, VocabEmbedding(mesh, axis, vocab))
+            gm.add_submodule(target, VocabEmbedding(mesh, axis))
     elif kernel == "sharded_cross_entropy":
         target = "sharded_cross_entropy_" + "_".join(map(str, axes))
         if not hasattr(gm, target):

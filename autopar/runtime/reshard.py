@@ -117,9 +117,9 @@ def _from_dtensor(p: Any) -> Placement:
 class VocabEmbedding(torch.nn.Module):
     """embedding(weight_shard, ids) with the table's rows split over ``axis``."""
 
-    def __init__(self, mesh: object, axis: int, vocab: int) -> None:
+    def __init__(self, mesh: object, axis: int) -> None:
         super().__init__()
-        self.mesh, self.axis, self.vocab = mesh, axis, vocab
+        self.mesh, self.axis = mesh, axis
 
     def forward(self, weight: torch.Tensor, ids: torch.Tensor, *args: object) -> torch.Tensor:
         rank = self.mesh.get_local_rank(self.axis)  # type: ignore[attr-defined]
