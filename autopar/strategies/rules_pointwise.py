@@ -27,14 +27,7 @@ def pointwise_rule(op: OpView, n: int, name: str) -> list[AxisStrategy]:
     out = op.out
     k = len(op.inputs)
     found = [AxisStrategy(tuple([R] * k), (R,), split=False)]
-    for d, s in enumerate(out.shape):
-        if s % n or s < n:
-            continue
-        ins: list[Placement | None] = []
-        for meta in op.inputs:
-            da = d - (out.ndim - meta.ndim)
-            ins.append(Shard(da) if da >= 0 and meta.shape[da] == s else R)
-        found.append(AxisStrategy(tuple(ins), (Shard(d),), split=True))
+    found += [AxisStrategy(ins, (Shard(d),), split=True) for d, ins in _aligned_shards(op, n)]
     if not out.is_float or not all(m.is_float for m in op.inputs):
         return found
     if name in ADDITIVE and k == 2 and all(m.shape == out.shape for m in op.inputs):
@@ -107,9 +100,18 @@ def norm_rule(op: OpView, n: int) -> list[AxisStrategy]:
 
 
 def broadcast_tensors_rule(op: OpView, n: int) -> list[AxisStrategy]:
-    out = op.out
     k = len(op.inputs)
     found = [AxisStrategy(tuple([R] * k), tuple(R for _ in op.outputs), split=False)]
+    for d, ins in _aligned_shards(op, n):
+        found.append(AxisStrategy(ins, tuple(Shard(d) for _ in op.outputs), split=True))
+    return found
+
+
+def _aligned_shards(op: OpView, n: int) -> list[tuple[int, tuple[Placement | None, ...]]]:
+    """For each output dim that divides: the inputs' placements, aligned from the right
+    (an input broadcast along that dim arrives replicated)."""
+    out = op.out
+    found = []
     for d, s in enumerate(out.shape):
         if s % n or s < n:
             continue
@@ -117,5 +119,5 @@ def broadcast_tensors_rule(op: OpView, n: int) -> list[AxisStrategy]:
         for meta in op.inputs:
             da = d - (out.ndim - meta.ndim)
             ins.append(Shard(da) if da >= 0 and meta.shape[da] == s else R)
-        found.append(AxisStrategy(tuple(ins), tuple(Shard(d) for _ in op.outputs), split=True))
+        found.append((d, tuple(ins)))
     return found

@@ -14,9 +14,9 @@ import importlib
 from typing import Any
 
 import torch
-from autopar.runtime.comm_count import CommCounter
 
 import autopar
+from autopar.runtime.comm_count import CommCounter
 
 
 def _loss(out: Any) -> torch.Tensor:
