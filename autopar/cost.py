@@ -121,8 +121,13 @@ def node_seconds(
     t = cm.compute_time(
         flops * scale / strategy.compute_div, nbytes * scale / strategy.compute_div, dtype
     )
-    if strategy.kernel == "sharded_cross_entropy":
-        for axis, k in enumerate(strategy.kernels):
-            if k:
-                t += cm.collective_time("all_reduce", 8, axis)
-    return t
+    return t + collectives_seconds(cm, kernel_collectives(strategy))
+
+
+def kernel_collectives(strategy: Strategy) -> list[Collective]:
+    """Collectives issued inside a custom kernel: the sharded cross-entropy all-reduces
+    its loss sum and its count of counted targets over each axis that splits the batch."""
+    if strategy.kernel != "sharded_cross_entropy":
+        return []
+    axes = [a for a, k in enumerate(strategy.kernels) if k]
+    return [Collective("all_reduce", a, 4) for _ in ("sum", "count") for a in axes]

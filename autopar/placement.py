@@ -142,3 +142,15 @@ def to_dtensor_placements(layout: Layout) -> tuple[object, ...]:
         else:
             out.append(TReplicate())
     return tuple(out)
+
+
+def from_dtensor_placement(p: object) -> Placement:
+    """The inverse of ``to_dtensor_placements`` for one torch placement."""
+    from torch.distributed.tensor import Partial as TPartial
+    from torch.distributed.tensor import Shard as TShard
+
+    if isinstance(p, TShard):
+        return Shard(p.dim)
+    if isinstance(p, TPartial):
+        return Partial(p.reduce_op)
+    return R

@@ -20,6 +20,7 @@ from typing import Any
 import torch.fx as fx
 
 from autopar.capture import Captured
+from autopar.cost import grad_of
 from autopar.placement import Layout, R, layout_str, local_shape
 from autopar.plan import Plan, PlanError
 from autopar.runtime.reshard import Reshard, ShardedCrossEntropy, VocabEmbedding
@@ -51,13 +52,8 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
         if by_name[src_name].kind == "input":  # callers pass whole tensors; slicing is local
             src = tuple(R for _ in sizes)
         is_param = by_name[src_name].kind == "param"
-        if (
-            src == dst
-            and grad == tuple(R if str(p).startswith("P") else p for p in dst)
-            and not is_param
-        ):
-            if all(not str(p).startswith("P") for p in src):
-                return arg
+        if src == dst and grad == grad_of(dst) and not is_param and src == grad_of(src):
+            return arg  # nothing to move, and the gradient comes back as it should
         with graph.inserting_before(before):
             return graph.call_module(
                 "reshard", (arg,), {"src": _short(src), "dst": _short(dst), "grad": _short(grad)}
@@ -107,7 +103,7 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
 
 
 def _use_kernel(gm: fx.GraphModule, node: fx.Node, kernel: str, np: Any, mesh: Any) -> None:
-    axes = tuple(a for a, lay in enumerate(zip(*np.ins)) if _kernel_axis(kernel, np, a))
+    axes = tuple(a for a in range(len(np.ins[0])) if _kernel_axis(kernel, np, a))
     if kernel == "vocab_embedding":
         axis = axes[0]
         target = f"vocab_embedding_{axis}"

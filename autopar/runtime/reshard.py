@@ -25,9 +25,8 @@ from torch.distributed.tensor import DTensor
 from autopar.placement import (
     Layout,
     Partial,
-    Placement,
     R,
-    Shard,
+    from_dtensor_placement,
     parse_placement,
     to_dtensor_placements,
 )
@@ -52,7 +51,7 @@ class Reshard(torch.nn.Module):
         dst_l = parse_layout(dst)
         grad_p = to_dtensor_placements(parse_layout(grad))
         if isinstance(x, DTensor):  # a parameter: its gradient arrives in its own layout
-            src_l = tuple(_from_dtensor(p) for p in x.placements)
+            src_l = tuple(from_dtensor_placement(p) for p in x.placements)
             x = x.to_local(grad_placements=x.placements)
         else:
             src_l = parse_layout(src)
@@ -101,17 +100,6 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         return grad * ctx.scale, None
-
-
-def _from_dtensor(p: Any) -> Placement:
-    from torch.distributed.tensor import Partial as TPartial
-    from torch.distributed.tensor import Shard as TShard
-
-    if isinstance(p, TShard):
-        return Shard(p.dim)
-    if isinstance(p, TPartial):
-        return Partial(p.reduce_op)
-    return R
 
 
 class VocabEmbedding(torch.nn.Module):

@@ -11,11 +11,11 @@ margins has only integral vertices), so the objective
 is exact. Edges with a one-strategy end are folded into the other end's costs, and an
 edge whose ends share one variable (a node reading its own copy in the previous merged
 layer) is folded into that node's costs. Optional linear constraints (memory budgets)
-are ``sum_{u,i} w_{u,i} x_{u,i} <= limit``. A follower v tied to its producer u by a map
-f (v runs strategy f(i) whenever u runs i) has no variables of its own: x_{v,f(i)} =
-x_{u,i}, so its costs and edges are re-indexed onto u before the solve. Costs are scaled to microseconds. HiGHS is
-used when highspy is installed, CBC otherwise; a solve cut short by the time limit is
-reported as such, never as optimal.
+are ``sum_{u,i} w_{u,i} x_{u,i} <= limit``. A follower v tied to its producer u by a
+map f (v runs strategy f(i) whenever u runs i) has no variables of its own:
+x_{v,f(i)} = x_{u,i}, so its costs and edges are re-indexed onto u before the solve.
+Costs are scaled to microseconds. HiGHS is used when highspy is installed, CBC
+otherwise; a solve cut short by the time limit is reported as such, never as optimal.
 """
 
 from __future__ import annotations

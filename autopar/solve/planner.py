@@ -14,7 +14,7 @@ import warnings
 from collections import Counter
 
 from autopar.capture import Captured
-from autopar.cost import edge_collectives, node_seconds
+from autopar.cost import Collective, edge_collectives, kernel_collectives, node_seconds
 from autopar.mesh import MeshSpec
 from autopar.placement import Layout
 from autopar.plan import CollectivePlan, NodePlan, Plan, Predicted, ReshardPlan
@@ -30,17 +30,23 @@ def _groups(keys: list[object]) -> list[int]:
     return [ids.setdefault(k, len(ids)) for k in keys]
 
 
-def _edge_seconds(cm: CostModel, fwd: list, bwd: list, memo: dict | None = None) -> float:  # type: ignore[type-arg]
-    total = 0.0
-    for c in (*fwd, *bwd):
-        key = (c.kind, c.nbytes, c.axis)
-        if memo is None:
-            total += cm.collective_time(*key)
-            continue
-        if key not in memo:
-            memo[key] = cm.collective_time(*key)
-        total += memo[key]
-    return total
+class _CollectivePrices:
+    """Memoised ``CostModel.collective_time``: a plan prices a few hundred distinct
+    (kind, bytes, axis) triples many thousands of times."""
+
+    def __init__(self, cm: CostModel) -> None:
+        self.cm = cm
+        self.memo: dict[tuple[str, int, int], float] = {}
+
+    def __call__(self, *collectives: list[Collective]) -> float:
+        total = 0.0
+        for group in collectives:
+            for c in group:
+                key = (c.kind, c.nbytes, c.axis)
+                if key not in self.memo:
+                    self.memo[key] = self.cm.collective_time(*key)
+                total += self.memo[key]
+        return total
 
 
 def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Problem:
@@ -61,7 +67,7 @@ def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Pro
     for e in graph.edges:
         edge_mult[(canon[e.src], e.out_index, canon[e.dst], e.slot)] += 1
     edges = []
-    memo: dict[tuple[str, int, int], float] = {}
+    price = _CollectivePrices(cm)
     for (u, idx, v, slot), m in edge_mult.items():
         src, dst = graph.nodes[u], graph.nodes[v]
         meta = src.out_metas[idx]
@@ -72,8 +78,8 @@ def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Pro
         v_lay = {g: k for g, k in zip(vg, v_keys)}
         cost = [
             [
-                m * _edge_seconds(cm, *edge_collectives(u_lay[a], v_lay[b][0], v_lay[b][1], meta,
-                                                       src.requires_grad, sizes), memo)
+                m * price(*edge_collectives(u_lay[a], v_lay[b][0], v_lay[b][1], meta,
+                                            src.requires_grad, sizes))
                 for b in range(len(v_lay))
             ]
             for a in range(len(u_lay))
@@ -149,20 +155,17 @@ def _expand(graph, cm, canon, choice, strategy, solution, solve_s) -> Plan:  # t
         )
         compute += t
         module = node.target if node.kind in ("param", "buffer") else node.module
-        inside: tuple[CollectivePlan, ...] = ()
-        if s.kernel == "sharded_cross_entropy":  # the loss's sum and count, per split axis
-            inside = tuple(
-                CollectivePlan("all_reduce", names[a], 4, "forward")
-                for _ in range(2)
-                for a, k in enumerate(s.kernels)
-                if k
-            )
+        inside = tuple(
+            CollectivePlan(c.kind, names[c.axis], c.nbytes, "forward")
+            for c in kernel_collectives(s)
+        )
         nodes.append(
             NodePlan(
                 name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t, inside
             )
         )
     reshards = []
+    price = _CollectivePrices(cm)
     comm = 0.0
     for e in graph.edges:
         src, s_dst = graph.nodes[e.src], chosen[e.dst]
@@ -172,7 +175,7 @@ def _expand(graph, cm, canon, choice, strategy, solution, solve_s) -> Plan:  # t
                                     src.requires_grad, sizes)  # fmt: skip
         if not fwd and not bwd and src_layout == dst_layout:
             continue
-        seconds = _edge_seconds(cm, fwd, bwd)
+        seconds = price(fwd, bwd)
         comm += seconds
         colls = tuple(
             CollectivePlan(c.kind, names[c.axis], c.nbytes, "forward") for c in fwd
