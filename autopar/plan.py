@@ -81,6 +81,8 @@ class Plan:
     reshards: tuple[ReshardPlan, ...]
     predicted: Predicted
     unknown_ops: tuple[str, ...] = ()
+    # free-form, JSON-able facts about where the plan came from (model spec, batch, ...)
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
     version: int = SCHEMA_VERSION
     _index: dict[str, NodePlan] = field(default_factory=dict, compare=False, repr=False)
 
@@ -108,6 +110,7 @@ class Plan:
             "cluster": self.cluster,
             "predicted": self.predicted.__dict__,
             "unknown_ops": list(self.unknown_ops),
+            "source": self.source,
             "nodes": [
                 {
                     "name": n.name, "op": n.op, "kind": n.kind, "module": n.module,
@@ -256,5 +259,5 @@ def _from_json(obj: Any) -> Plan:
     )  # fmt: skip
     return Plan(
         mesh, str(obj["strategy"]), str(obj["cluster"]), nodes, tuple(reshards), predicted,
-        tuple(obj.get("unknown_ops", [])),
+        tuple(obj.get("unknown_ops", [])), dict(obj.get("source") or {}),
     )  # fmt: skip
