@@ -83,6 +83,10 @@ class Plan:
     unknown_ops: tuple[str, ...] = ()
     # free-form, JSON-able facts about where the plan came from (model spec, batch, ...)
     source: dict[str, Any] = field(default_factory=dict, compare=False)
+    # pipeline stages and schedule (None: one stage); filled by autopar.pipeline
+    pipeline: dict[str, Any] | None = field(default=None, compare=False)
+    # the standard baselines priced beside this plan: name -> {"step_time_s": ..., ...}
+    baselines: dict[str, Any] = field(default_factory=dict, compare=False)
     version: int = SCHEMA_VERSION
     _index: dict[str, NodePlan] = field(default_factory=dict, compare=False, repr=False)
 
@@ -111,6 +115,8 @@ class Plan:
             "predicted": self.predicted.__dict__,
             "unknown_ops": list(self.unknown_ops),
             "source": self.source,
+            "pipeline": self.pipeline,
+            "baselines": self.baselines,
             "nodes": [
                 {
                     "name": n.name, "op": n.op, "kind": n.kind, "module": n.module,
@@ -260,4 +266,5 @@ def _from_json(obj: Any) -> Plan:
     return Plan(
         mesh, str(obj["strategy"]), str(obj["cluster"]), nodes, tuple(reshards), predicted,
         tuple(obj.get("unknown_ops", [])), dict(obj.get("source") or {}),
+        obj.get("pipeline"), dict(obj.get("baselines") or {}),
     )  # fmt: skip
