@@ -95,13 +95,30 @@ def capture(
         for spec in sig.input_specs
         if spec.kind.name == "PARAMETER" and spec.target is not None
     )
-    trainable = tuple(p for p in params if _get(gm, p).requires_grad)
+    used = _drop_unused_params(gm, params)
+    trainable = tuple(p for p in params if p in used and _get(gm, p).requires_grad)
     buffers = tuple(
         spec.target
         for spec in sig.input_specs
         if spec.kind.name in ("BUFFER", "CONSTANT_TENSOR") and spec.target is not None
     )
     return Captured(gm, trainable, buffers, args, kwargs)
+
+
+def _drop_unused_params(gm: fx.GraphModule, params: tuple[str, ...]) -> set[str]:
+    """Remove parameters no op reads (the second name of a tied weight: the graph reads
+    the tensor under one name) so the compiled model holds each tensor once."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.users}
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users and str(node.target) in params:
+            gm.graph.erase_node(node)
+    for fqn in params:
+        if fqn not in used:
+            *path, leaf = fqn.split(".")
+            owner = _get(gm, ".".join(path)) if path else gm
+            owner._parameters.pop(leaf, None)
+    gm.recompile()
+    return used
 
 
 def _get(gm: torch.nn.Module, fqn: str) -> Any:

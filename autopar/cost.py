@@ -7,8 +7,15 @@ Contract:
 - ``edge_seconds`` prices a consumer slot: the forward transition of the value plus, if
   the value needs a gradient, the backward transition of its gradient (the consumer's
   gradient layout back to the producer's layout with ``Partial`` read as replicated).
+  With ``regather`` (an FSDP parameter whose gathered copy autograd keeps for backward
+  is freed after forward) the forward gather is issued again in backward.
 - ``node_seconds`` prices a strategy's compute: a roofline of the op's FLOPs and bytes
-  divided by the ways the strategy splits it; backward costs twice the forward.
+  divided by the ways the strategy splits it, forward plus backward, where backward is
+  priced per op (``backward_work``): a matmul's backward computes one product per operand
+  that needs a gradient (2x forward when both do, 1x for a weight-only gradient),
+  attention's backward is 2.5x its forward, other ops move about their forward bytes once.
+  A cast to the dtype the tensor already has (``aten.to``/``type_as``) returns its input
+  in eager PyTorch and costs nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from autopar.placement import Layout, Partial, Placement, R, Replicate, Shard
 from autopar.strategies.types import OpView, Strategy, TensorMeta
 from cost_models import CostModel
 
-BACKWARD_FACTOR = 2.0
+MATMUL_OPERANDS = {"addmm": (1, 2), "baddbmm": (1, 2)}  # else slots (0, 1)
+ATTENTION_BACKWARD = 2.5
 
 
 @dataclass(frozen=True)
@@ -83,9 +91,12 @@ def edge_collectives(
     meta: TensorMeta,
     needs_grad: bool,
     sizes: tuple[int, ...],
+    regather: bool = False,
 ) -> tuple[list[Collective], list[Collective]]:
     fwd = transition(src, dst, meta, sizes)
     bwd = transition(grad, grad_of(src), meta, sizes) if needs_grad else []
+    if regather and fwd:
+        bwd = fwd + bwd  # gather again before the op's backward, then reduce its gradient
     return fwd, bwd
 
 
@@ -93,9 +104,18 @@ def collectives_seconds(cm: CostModel, collectives: list[Collective]) -> float:
     return sum(cm.collective_time(c.kind, c.nbytes, c.axis) for c in collectives)
 
 
+def _same_dtype_cast(op: OpView) -> bool:
+    name = str(op.target)
+    return (
+        name.startswith(("aten.to.", "aten.type_as."))
+        and bool(op.inputs and op.outputs)
+        and op.inputs[0].dtype == op.outputs[0].dtype
+    )
+
+
 def op_work(op: OpView, family: str) -> tuple[float, float]:
     """(FLOPs, bytes moved) of one forward execution of the whole op."""
-    if family == "view":
+    if family == "view" or _same_dtype_cast(op):
         return 0.0, 0.0
     out = op.outputs[0] if op.outputs else None
     nbytes = float(sum(m.nbytes for m in op.inputs) + sum(m.nbytes for m in op.outputs))
@@ -110,17 +130,60 @@ def op_work(op: OpView, family: str) -> tuple[float, float]:
     return float(out.numel if out is not None else 0), nbytes
 
 
-def node_seconds(
-    cm: CostModel, op: OpView, family: str, strategy: Strategy, needs_grad: bool
+def backward_work(
+    op: OpView, family: str, input_grads: tuple[bool, ...] | None
+) -> tuple[float, float]:
+    """(FLOPs, bytes) of one backward execution of the whole op, as multiples of forward."""
+    flops, nbytes = op_work(op, family)
+    grads = input_grads if input_grads is not None else tuple(True for _ in op.inputs)
+    if not any(grads):
+        return 0.0, 0.0
+    if family == "matmul":
+        name = getattr(getattr(op.target, "overloadpacket", None), "__name__", str(op.target))
+        a, b = MATMUL_OPERANDS.get(name, (0, 1))
+        n = sum(1 for k in (a, b) if k < len(grads) and grads[k])
+        return flops * n, nbytes * max(n, 1)
+    if family == "scaled_dot_product_attention":
+        return flops * ATTENTION_BACKWARD, nbytes * 2
+    return flops, nbytes
+
+
+def compute_seconds(
+    cm: CostModel,
+    op: OpView,
+    family: str,
+    strategy: Strategy,
+    needs_grad: bool,
+    input_grads: tuple[bool, ...] | None = None,
 ) -> float:
+    """Forward (+ backward when the node needs a gradient) compute on one device."""
     flops, nbytes = op_work(op, family)
     if flops == 0 and nbytes == 0:
         return 0.0
-    scale = (1.0 + BACKWARD_FACTOR) if needs_grad else 1.0
+    if needs_grad:
+        bf, bb = backward_work(op, family, input_grads)
+        flops, nbytes = flops + bf, nbytes + bb
     dtype = op.outputs[0].dtype if op.outputs else "fp32"
-    t = cm.compute_time(
-        flops * scale / strategy.compute_div, nbytes * scale / strategy.compute_div, dtype
-    )
+    return cm.compute_time(flops / strategy.compute_div, nbytes / strategy.compute_div, dtype)
+
+
+def model_flops(
+    op: OpView, family: str, needs_grad: bool, input_grads: tuple[bool, ...] | None
+) -> float:
+    """FLOPs of one training step of the whole (unsplit) op: forward + backward."""
+    flops, _ = op_work(op, family)
+    return flops + (backward_work(op, family, input_grads)[0] if needs_grad else 0.0)
+
+
+def node_seconds(
+    cm: CostModel,
+    op: OpView,
+    family: str,
+    strategy: Strategy,
+    needs_grad: bool,
+    input_grads: tuple[bool, ...] | None = None,
+) -> float:
+    t = compute_seconds(cm, op, family, strategy, needs_grad, input_grads)
     return t + collectives_seconds(cm, kernel_collectives(strategy))
 
 

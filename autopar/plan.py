@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autopar.mesh import MeshSpec
-from autopar.placement import Layout, layout_from_json, layout_str, layout_to_json
+from autopar.placement import Layout, Shard, layout_from_json, layout_str, layout_to_json
 
 SCHEMA_VERSION = 1
 
@@ -46,6 +46,9 @@ class NodePlan:
     kernel: str | None
     compute_s: float
     collectives: tuple[CollectivePlan, ...] = ()  # issued inside a custom kernel
+    # a sharded parameter: its gathered copy is freed after forward and gathered again
+    # in backward (FSDP); False keeps it until backward (ZeRO-2)
+    reshard_after_forward: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,38 @@ class ReshardPlan:
 
 @dataclass(frozen=True)
 class Predicted:
+    """The cost model's forecast for one training step on each device.
+
+    step_time_s = compute_s + exposed_comm_s, where exposed_comm_s is the communication
+    not hidden under compute (parameter collectives may overlap; see solve.ilp). memory is
+    the per-device breakdown (params, grads, optimizer_state, master_weights, activations,
+    total) and memory_per_device_bytes its total."""
+
     compute_s: float
     comm_s: float
-    step_s: float
+    step_time_s: float
     solver: str
     solve_status: str
     solve_s: float
     num_variables: int
+    exposed_comm_s: float = 0.0
+    flops_per_step: float = 0.0  # model FLOPs of one step, all devices together
+    tflops_per_gpu: float = 0.0
+    mfu: float = 0.0
+    tokens_per_step: int = 0
+    tokens_per_s: float = 0.0
+    memory: dict[str, int] = field(default_factory=dict)
+    memory_per_device_bytes: int = 0
+    memory_budget_bytes: int = 0
+    optimizer: str = "adamw"
+
+    @property
+    def step_s(self) -> float:
+        return self.step_time_s
+
+
+_PREDICTED_FLOATS = ("exposed_comm_s", "flops_per_step", "tflops_per_gpu", "mfu", "tokens_per_s")
+_PREDICTED_INTS = ("tokens_per_step", "memory_per_device_bytes", "memory_budget_bytes")
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,25 @@ class Plan:
     def params(self) -> dict[str, Layout]:
         return {n.module: n.outs[0] for n in self.nodes if n.kind == "param"}
 
+    def param_modes(self) -> dict[str, str]:
+        """How each parameter is held: "replicated", "sharded" (used where it is stored,
+        e.g. tensor parallel), "zero2" (gathered for use, kept until backward) or "fsdp"
+        (gathered for use, freed after forward, gathered again in backward)."""
+        gathered = {
+            r.src for r in self.reshards if any(c.phase == "forward" for c in r.collectives)
+        }
+        modes = {}
+        for n in self.nodes:
+            if n.kind != "param":
+                continue
+            if all(not isinstance(p, Shard) for p in n.outs[0]):
+                modes[n.module] = "replicated"
+            elif n.name not in gathered:
+                modes[n.module] = "sharded"
+            else:
+                modes[n.module] = "fsdp" if n.reshard_after_forward else "zero2"
+        return modes
+
     def collectives(self, phase: str | None = None) -> Counter[str]:
         """How many collectives of each kind one training step issues."""
         inside = [c for n in self.nodes for c in n.collectives]
@@ -125,6 +172,7 @@ class Plan:
                     "grads": [layout_to_json(x) for x in n.grads],
                     "kernel": n.kernel, "compute_s": n.compute_s,
                     "collectives": [c.__dict__ for c in n.collectives],
+                    "reshard_after_forward": n.reshard_after_forward,
                 }
                 for n in self.nodes
             ],
@@ -170,12 +218,21 @@ class Plan:
     # ---- people ----------------------------------------------------------------------
     def summary(self) -> str:
         names = self.mesh.names
+        pr = self.predicted
+        gib = 2**30
+        mem = ", ".join(f"{k} {v / gib:.2f}" for k, v in pr.memory.items() if k != "total")
+        modes = Counter(self.param_modes().values())
         lines = [
             f"autopar plan  strategy={self.strategy}  mesh={self.mesh}  cluster={self.cluster}",
-            f"predicted step {self.predicted.step_s * 1e3:.3f} ms "
-            f"(compute {self.predicted.compute_s * 1e3:.3f} ms, comm {self.predicted.comm_s * 1e3:.3f} ms); "
-            f"solver {self.predicted.solver} {self.predicted.solve_status} "
-            f"in {self.predicted.solve_s:.2f} s, {self.predicted.num_variables} variables",
+            f"predicted step {pr.step_time_s * 1e3:.3f} ms (compute {pr.compute_s * 1e3:.3f} ms, "
+            f"comm {pr.comm_s * 1e3:.3f} ms of which exposed {pr.exposed_comm_s * 1e3:.3f} ms); "
+            f"{pr.tflops_per_gpu:.1f} TFLOP/s per device, MFU {pr.mfu:.1%}, "
+            f"{pr.tokens_per_s:,.0f} tokens/s",
+            f"memory per device {pr.memory_per_device_bytes / gib:.2f} GiB of "
+            f"{pr.memory_budget_bytes / gib:.2f} GiB budget ({mem}); "
+            f"parameters: {', '.join(f'{v} {k}' for k, v in sorted(modes.items()))}",
+            f"solver {pr.solver} {pr.solve_status} in {pr.solve_s:.2f} s, "
+            f"{pr.num_variables} variables",
         ]
         by_layer: dict[str, list[NodePlan]] = defaultdict(list)
         for n in self.nodes:
@@ -243,6 +300,7 @@ def _from_json(obj: Any) -> Plan:
             tuple(lay(x) for x in n["ins"]), tuple(lay(x) for x in n["outs"]),
             tuple(lay(x) for x in n["grads"]), n["kernel"], float(n["compute_s"]),
             tuple(_collective(c) for c in n.get("collectives", [])),
+            bool(n.get("reshard_after_forward", False)),
         )
         for n in obj["nodes"]
     )  # fmt: skip
@@ -259,9 +317,14 @@ def _from_json(obj: Any) -> Plan:
             )
         )  # fmt: skip
     p = obj["predicted"]
+    step = p["step_time_s"] if "step_time_s" in p else p["step_s"]
     predicted = Predicted(
-        float(p["compute_s"]), float(p["comm_s"]), float(p["step_s"]), str(p["solver"]),
+        float(p["compute_s"]), float(p["comm_s"]), float(step), str(p["solver"]),
         str(p["solve_status"]), float(p["solve_s"]), int(p["num_variables"]),
+        **{k: float(p[k]) for k in _PREDICTED_FLOATS if k in p},  # type: ignore[arg-type]
+        **{k: int(p[k]) for k in _PREDICTED_INTS if k in p},
+        memory={str(k): int(v) for k, v in (p.get("memory") or {}).items()},
+        optimizer=str(p.get("optimizer", "adamw")),
     )  # fmt: skip
     return Plan(
         mesh, str(obj["strategy"]), str(obj["cluster"]), nodes, tuple(reshards), predicted,

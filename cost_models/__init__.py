@@ -12,7 +12,12 @@ from cost_models.compute import compute_time
 from cost_models.detect import detect_cluster, device_from_name
 from cost_models.dtypes import dtype_bytes, dtype_key
 from cost_models.hardware import DEVICES, DeviceSpec, known_device_names, lookup_device
-from cost_models.memory import TrainingMemory, master_weight_bytes, optimizer_state_bytes
+from cost_models.memory import (
+    TrainingMemory,
+    master_weight_bytes,
+    optimizer_state_bytes,
+    optimizer_step_bytes,
+)
 from cost_models.model import CostModel
 from cost_models.profile import Profile
 
@@ -35,4 +40,5 @@ __all__ = [
     "lookup_device",
     "master_weight_bytes",
     "optimizer_state_bytes",
+    "optimizer_step_bytes",
 ]

@@ -8,6 +8,8 @@ Helpers give the byte counts of the standard mixed-precision conventions:
   "sgd" 0, "sgd_momentum" 4 (one buffer), "adam"/"adamw" 8 (two moments) bytes/elem.
 - ``master_weight_bytes(numel, param_dtype)``: an fp32 copy (4 bytes/elem) when the
   parameters are bf16/fp16, else 0.
+- ``optimizer_step_bytes(optimizer)``: per-parameter-tensor scalars (torch's Adam keeps
+  its step count as one fp32 scalar tensor per parameter).
 
 All counts are of the elements a device holds (pass the local, sharded numel).
 """
@@ -24,6 +26,9 @@ from cost_models.dtypes import dtype_key
 OPTIMIZER_STATE_BYTES_PER_ELEM = MappingProxyType(
     {"sgd": 0, "sgd_momentum": 4, "adam": 8, "adamw": 8}
 )
+
+
+OPTIMIZER_STEP_BYTES = MappingProxyType({"sgd": 0, "sgd_momentum": 0, "adam": 4, "adamw": 4})
 
 
 @dataclass(frozen=True)
@@ -84,3 +89,13 @@ def master_weight_bytes(numel: int, param_dtype: Any) -> int:
     """Bytes of the fp32 master copy: 4/elem when params are bf16/fp16, else 0."""
     v.non_negative_int("numel", numel)
     return 4 * numel if dtype_key(param_dtype) in ("bf16", "fp16") else 0
+
+
+def optimizer_step_bytes(optimizer: str) -> int:
+    """Bytes of per-tensor optimizer scalars (Adam's step counter) for one parameter."""
+    key = optimizer.strip().lower() if isinstance(optimizer, str) else optimizer
+    if key not in OPTIMIZER_STEP_BYTES:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZER_STEP_BYTES)}"
+        )
+    return OPTIMIZER_STEP_BYTES[key]

@@ -9,8 +9,13 @@ is given its measured figures replace the device table's (``Profile.apply``). Me
   spanning several axes (a tuple): intra-node only if every such group fits in a node.
 - ``collective_time(kind, nbytes, axis)``: ``comm.collective_time`` with n = the axis
   size (product of sizes for a tuple of axes) on ``link(axis)``; nbytes is the FULL
-  tensor size.
+  tensor size. On an intra-node link a profile's per-kind fit (``Profile.collectives``)
+  replaces the link's alpha and bandwidth for that kind.
 - ``memory_budget_bytes(headroom=0.9)``: usable bytes per device.
+- ``overlap``: the fraction of compute time under which parameter collectives (gradient
+  reductions, FSDP/ZeRO gathers) can run: ``GPU_OVERLAP`` on GPUs, where NCCL runs on
+  its own stream and FSDP/DDP prefetch and bucket them; 0 on CPU, where gloo
+  collectives run synchronously. ``comm_overlap`` overrides it.
 
 ``CostModel.default_for(mesh)`` is the model used when the user names no cluster: one
 node of CPU processes, one per mesh device.
@@ -33,6 +38,7 @@ from cost_models.hardware import DeviceSpec
 from cost_models.profile import Profile
 
 AxisRef = int | str
+GPU_OVERLAP = 0.8
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class CostModel:
     cluster: ClusterSpec
     mesh: MeshSpec
     profile: Profile | None = None
+    comm_overlap: float | None = None
     # The cluster with the profile's figures applied; derived, not part of equality.
     effective_cluster: ClusterSpec = field(init=False, repr=False, compare=False)
 
@@ -65,6 +72,12 @@ class CostModel:
     def default_for(mesh: MeshSpec) -> CostModel:
         """A one-node CPU cluster with one process per mesh device."""
         return CostModel(ClusterSpec.cpu(mesh.num_devices), mesh)
+
+    @property
+    def overlap(self) -> float:
+        if self.comm_overlap is not None:
+            return v.fraction("comm_overlap", self.comm_overlap) if self.comm_overlap else 0.0
+        return 0.0 if self.device.is_cpu else GPU_OVERLAP
 
     @property
     def device(self) -> DeviceSpec:
@@ -110,7 +123,11 @@ class CostModel:
 
     def collective_time(self, kind: str, nbytes: float, axis: AxisRef | Sequence[AxisRef]) -> float:
         """Seconds for collective ``kind`` of a FULL tensor of ``nbytes`` along ``axis``."""
-        return _collective_time(kind, nbytes, self.group_size(axis), self.link(axis))
+        link = self.link(axis)
+        fit = self.profile.collectives.get(kind) if self.profile is not None else None
+        if fit is not None and link.kind == "intra":  # this kind's own measured fit
+            link = LinkSpec(fit.bandwidth, fit.alpha, "intra")
+        return _collective_time(kind, nbytes, self.group_size(axis), link)
 
     def memory_budget_bytes(self, headroom: float = 0.9) -> int:
         """Bytes per device a plan may use: ``memory_bytes * headroom``."""

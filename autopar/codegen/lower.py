@@ -54,10 +54,11 @@ def lower(captured: Captured, plan: Plan, device_mesh: Any) -> fx.GraphModule:
         is_param = by_name[src_name].kind == "param"
         if src == dst and grad == grad_of(dst) and not is_param and src == grad_of(src):
             return arg  # nothing to move, and the gradient comes back as it should
+        kwargs: dict[str, Any] = {"src": _short(src), "dst": _short(dst), "grad": _short(grad)}
+        if is_param and by_name[src_name].reshard_after_forward and src != dst:
+            kwargs["regather"] = True
         with graph.inserting_before(before):
-            return graph.call_module(
-                "reshard", (arg,), {"src": _short(src), "dst": _short(dst), "grad": _short(grad)}
-            )
+            return graph.call_module("reshard", (arg,), kwargs)
 
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is operator.getitem:

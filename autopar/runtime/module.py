@@ -56,6 +56,7 @@ class DistributedModel(torch.nn.Module):
             dt = distribute_tensor(p.detach().clone(), device_mesh, placements)  # type: ignore[arg-type]
             mod.register_parameter(leaf, torch.nn.Parameter(dt, requires_grad=p.requires_grad))
         self.graph_module = lower(captured, plan, device_mesh)
+        self._regather = any(n.reshard_after_forward for n in plan.nodes if n.kind == "param")
         self._buffers_fqn = captured.buffer_names
         self._params_fqn = captured.param_names
 
@@ -64,7 +65,23 @@ class DistributedModel(torch.nn.Module):
         return self.graph_module.code
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.graph_module(*args, **kwargs)
+        if not self._regather:
+            return self.graph_module(*args, **kwargs)
+        with self.graph_module.reshard.saving():  # type: ignore[union-attr,operator]
+            return self.graph_module(*args, **kwargs)
+
+    # ---- training step (the same call as autopar.pipeline's PipelineModel.step) ------
+    def step(
+        self, *args: Any, target: Any = None, loss_fn: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Forward and backward of one global batch; returns the detached loss
+        (``out.loss``, a scalar output, or ``loss_fn(out, target)``)."""
+        from autopar.pipeline.loss import loss_of
+
+        out = self(*args, **kwargs)
+        loss = loss_fn(out, target) if loss_fn is not None else loss_of(out)
+        loss.backward()
+        return loss.detach()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

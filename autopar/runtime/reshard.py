@@ -7,6 +7,10 @@ Contract:
   gradient is read as layout ``grad`` and moved back to ``src`` (``Partial`` read as
   replicated): a ``Partial`` gradient of a replicated value is all-reduced there; this
   is the data-parallel gradient reduction. The collectives are DTensor's redistribute.
+- With ``regather=True`` (a parameter under FSDP's reshard_after_forward) the gathered
+  copy is not kept for backward: inside ``Reshard.saving()`` autograd's saved-tensor hooks
+  replace it (or any view of it) by a token, and backward gathers the parameter again
+  when it unpacks the token. Nothing else changes: values and gradients are the same.
 - ``VocabEmbedding`` looks up only the rows a rank owns (vocabulary-parallel table).
 - ``ShardedCrossEntropy`` computes a batch-sharded mean/sum cross-entropy whose value
   equals the unsharded one, ignore_index included.
@@ -15,6 +19,9 @@ Contract:
 from __future__ import annotations
 
 import re
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -42,17 +49,61 @@ def parse_layout(text: str) -> Layout:
     return tuple(parse_placement(t) for t in tokens)
 
 
+def _root(t: torch.Tensor) -> torch.Tensor:
+    return t._base if t._base is not None else t
+
+
+class _Gathered:
+    """A parameter copy gathered in forward, to be gathered again in backward."""
+
+    def __init__(self, anchor: torch.Tensor, gather: Callable[[], torch.Tensor]) -> None:
+        self.anchor_offset = anchor.storage_offset()
+        self.root = weakref.ref(_root(anchor))
+        self.gather = gather
+        self.again: Any = None  # weakref to the copy gathered in backward
+
+    def get(self) -> torch.Tensor:
+        t = self.again() if self.again is not None else None
+        if t is None:
+            t = self.gather()
+            self.again = weakref.ref(t)
+        return t
+
+
+class _Token:
+    """Stands in for a saved tensor that ``_Gathered`` can rebuild."""
+
+    def __init__(self, entry: _Gathered, t: torch.Tensor) -> None:
+        self.entry = entry
+        self.geometry = (
+            tuple(t.size()),
+            tuple(t.stride()),
+            t.storage_offset() - entry.anchor_offset,
+        )
+
+    def unpack(self) -> torch.Tensor:
+        full = self.entry.get()
+        size, stride, rel = self.geometry
+        if size == tuple(full.size()) and stride == tuple(full.stride()) and rel == 0:
+            return full
+        return full.as_strided(size, stride, full.storage_offset() + rel)
+
+
 class Reshard(torch.nn.Module):
     def __init__(self, mesh: object) -> None:
         super().__init__()
         self.mesh = mesh
+        self._gathered: dict[int, _Gathered] = {}
 
-    def forward(self, x: torch.Tensor, src: str, dst: str, grad: str) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, src: str, dst: str, grad: str, regather: bool = False
+    ) -> torch.Tensor:
         dst_l = parse_layout(dst)
         grad_p = to_dtensor_placements(parse_layout(grad))
-        if isinstance(x, DTensor):  # a parameter: its gradient arrives in its own layout
-            src_l = tuple(from_dtensor_placement(p) for p in x.placements)
-            x = x.to_local(grad_placements=x.placements)
+        param = x if isinstance(x, DTensor) else None
+        if param is not None:  # a parameter: its gradient arrives in its own layout
+            src_l = tuple(from_dtensor_placement(p) for p in param.placements)
+            x = param.to_local(grad_placements=param.placements)
         else:
             src_l = parse_layout(src)
         avg = [a for a, p in enumerate(src_l) if p == Partial("avg") and dst_l[a] != p]
@@ -69,13 +120,48 @@ class Reshard(torch.nn.Module):
         ]
         mid = tuple(R if a in to_partial else d for a, d in enumerate(dst_l))
         mid_p = to_dtensor_placements(mid)
-        if tuple(dt.placements) != mid_p:
+        moved = tuple(dt.placements) != mid_p
+        if moved:
             dt = dt.redistribute(self.mesh, mid_p)  # type: ignore[arg-type]
         local = dt.to_local(grad_placements=grad_p)  # type: ignore[arg-type]
         if to_partial:
             keep = all(self.mesh.get_local_rank(a) == 0 for a in to_partial)  # type: ignore[attr-defined]
             local = _KeepOnOneRank.apply(local, keep)
+        elif regather and moved and param is not None:
+            self._gathered[id(_root(local))] = _Gathered(local, self._gather_fn(param, mid_p))
         return local
+
+    def _gather_fn(self, param: DTensor, placements: Any) -> Callable[[], torch.Tensor]:
+        mesh = self.mesh
+
+        def gather() -> torch.Tensor:
+            with torch.no_grad():
+                return param.detach().redistribute(mesh, placements).to_local()  # type: ignore[arg-type,attr-defined]
+
+        return gather
+
+    @contextmanager
+    def saving(self) -> Iterator[None]:
+        """Run a forward pass whose re-gathering parameters are not kept for backward."""
+        self._gathered.clear()
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+                yield
+        finally:
+            self._gathered.clear()
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        if not self._gathered:
+            return t
+        root = _root(t)
+        entry = self._gathered.get(id(root))
+        if entry is None or entry.root() is not root:
+            return t
+        return _Token(entry, t)
+
+    @staticmethod
+    def _unpack(obj: Any) -> torch.Tensor:
+        return obj.unpack() if isinstance(obj, _Token) else obj
 
 
 class _KeepOnOneRank(torch.autograd.Function):

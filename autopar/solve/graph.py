@@ -141,7 +141,7 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
             path = target if kind != "input" else ""
             nodes[node.name] = PNode(
                 node.name, kind, target, kind, (meta,), [],
-                free_strategies(meta, sizes, allow_shard=shard), grad, path,
+                free_strategies(meta, sizes, allow_shard=shard, param=kind == "param"), grad, path,
                 layer_of(path) if kind == "param" else None, fx_node=node,
             )  # fmt: skip
         elif node.op == "call_function" and node.target is operator.getitem:

@@ -14,6 +14,14 @@ layer) is folded into that node's costs. Optional linear constraints (memory bud
 are ``sum_{u,i} w_{u,i} x_{u,i} <= limit``. A follower v tied to its producer u by a
 map f (v runs strategy f(i) whenever u runs i) has no variables of its own:
 x_{v,f(i)} = x_{u,i}, so its costs and edges are re-indexed onto u before the solve.
+Edges may also carry memory: a constraint's ``edges`` add sum_{ab} m_{ab} e_{ab} to its
+left side (a gathered parameter copy held for backward depends on both ends).
+
+Overlap. Edges marked ``hidden`` (parameter collectives: gradient reductions and FSDP
+gathers) may run under compute. With overlap fraction g and per-strategy compute k_{u,i},
+their total H is charged only beyond g of the compute:
+    min  sum c x + sum_{not hidden} r e + T,   T >= H - g sum_{u,i} k_{u,i} x_{u,i},  T >= 0,
+which is exact for step = compute + comm + max(0, H - g * compute).
 Costs are scaled to microseconds. HiGHS is used when highspy is installed, CBC
 otherwise; a solve cut short by the time limit is reported as such, never as optimal.
 """
@@ -34,6 +42,7 @@ class EdgeTerm:
     u_group: list[int]
     v_group: list[int]
     cost: list[list[float]]  # [u group][v group], seconds
+    hidden: bool = False  # may overlap with compute (see the module docstring)
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Constraint:
     name: str
     weights: dict[str, list[float]]  # node -> per strategy
     limit: float
+    edges: dict[int, list[list[float]]] = field(default_factory=dict)  # edge index -> [a][b]
 
 
 @dataclass
@@ -50,6 +60,8 @@ class Problem:
     constraints: list[Constraint] = field(default_factory=list)
     # follower v tied to producer u: v takes strategy f[i] whenever u takes i
     ties: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+    compute: dict[str, list[float]] = field(default_factory=dict)  # node -> compute seconds
+    overlap: float = 0.0  # fraction of compute that hidden edges may run under
 
 
 def _root(problem: Problem, v: str) -> tuple[str, list[int]]:
@@ -76,17 +88,22 @@ def untie(problem: Problem) -> tuple[Problem, dict[str, tuple[str, list[int]]]]:
         (ru, fu), (rv, fv) = roots[e.u], roots[e.v]
         ug = [e.u_group[fu[i]] for i in range(len(fu))]
         vg = [e.v_group[fv[j]] for j in range(len(fv))]
-        edges.append(EdgeTerm(ru, rv, ug, vg, e.cost))
-    constraints = []
-    for c in problem.constraints:
-        weights: dict[str, list[float]] = {}
-        for v, w in c.weights.items():
+        edges.append(EdgeTerm(ru, rv, ug, vg, e.cost, e.hidden))
+
+    def fold(per_node: dict[str, list[float]]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for v, w in per_node.items():
             r, f = roots[v]
-            acc = weights.setdefault(r, [0.0] * len(f))
+            acc = out.setdefault(r, [0.0] * len(f))
             for i in range(len(f)):
                 acc[i] += w[f[i]]
-        constraints.append(Constraint(c.name, weights, c.limit))
-    return Problem(costs, edges, constraints), {v: rf for v, rf in roots.items() if v != rf[0]}
+        return out
+
+    constraints = [
+        Constraint(c.name, fold(c.weights), c.limit, c.edges) for c in problem.constraints
+    ]
+    reduced = Problem(costs, edges, constraints, {}, fold(problem.compute), problem.overlap)
+    return reduced, {v: rf for v, rf in roots.items() if v != rf[0]}
 
 
 @dataclass(frozen=True)
@@ -105,9 +122,25 @@ class InfeasibleError(RuntimeError):
 
 def objective(problem: Problem, choice: dict[str, int]) -> float:
     total = sum(c[choice[u]] for u, c in problem.costs.items())
+    hidden = 0.0
     for e in problem.edges:
-        total += e.cost[e.u_group[choice[e.u]]][e.v_group[choice[e.v]]]
+        r = e.cost[e.u_group[choice[e.u]]][e.v_group[choice[e.v]]]
+        if e.hidden and problem.overlap > 0:
+            hidden += r
+        else:
+            total += r
+    if hidden:
+        compute = sum(k[choice[u]] for u, k in problem.compute.items())
+        total += max(0.0, hidden - problem.overlap * compute)
     return total
+
+
+def constraint_value(problem: Problem, c: Constraint, choice: dict[str, int]) -> float:
+    used = sum(w[choice[u]] for u, w in c.weights.items())
+    for k, m in c.edges.items():
+        e = problem.edges[k]
+        used += m[e.u_group[choice[e.u]]][e.v_group[choice[e.v]]]
+    return used
 
 
 def brute_force(problem: Problem) -> tuple[dict[str, int], float]:
@@ -120,8 +153,7 @@ def brute_force(problem: Problem) -> tuple[dict[str, int], float]:
                 r, f = _root(problem, v)
                 choice[v] = f[choice[r]]
         ok = all(
-            sum(w[choice[u]] for u, w in c.weights.items()) <= c.limit + 1e-12
-            for c in problem.constraints
+            constraint_value(problem, c, choice) <= c.limit + 1e-12 for c in problem.constraints
         )
         if ok:
             value = objective(problem, choice)
@@ -156,32 +188,32 @@ def solve(problem: Problem, time_limit: float = 60.0, tie_break: float = 1e-6) -
 def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
     start = time.perf_counter()
     scale = 1e6
+    overlap = problem.overlap > 0
     costs = {
         u: [c * scale + tie_break * i for i, c in enumerate(cs)] for u, cs in problem.costs.items()
     }
+    hidden = {u: [0.0] * len(cs) for u, cs in costs.items()}  # hidden comm folded onto nodes
     free = {u for u, cs in costs.items() if len(cs) > 1}
     for u, cs in costs.items():
         if not cs:
             raise InfeasibleError(f"node {u} has no valid strategy")
-    pair_terms: list[EdgeTerm] = []
-    for e in problem.edges:
-        if e.u == e.v:
-            for i in range(len(costs[e.u])):
-                costs[e.u][i] += e.cost[e.u_group[i]][e.v_group[i]] * scale
-        elif e.u not in free and e.v not in free:
-            continue  # constant
-        elif e.u not in free:
-            for j in range(len(costs[e.v])):
-                costs[e.v][j] += e.cost[e.u_group[0]][e.v_group[j]] * scale
-        elif e.v not in free:
-            for i in range(len(costs[e.u])):
-                costs[e.u][i] += e.cost[e.u_group[i]][e.v_group[0]] * scale
+    # constraint left sides: node weights, with edges that have a fixed end folded in
+    cweights = [{u: list(w) for u, w in c.weights.items()} for c in problem.constraints]
+    cfixed = [0.0 for _ in problem.constraints]
+    pair_terms: list[tuple[int, EdgeTerm]] = []
+    for k, e in enumerate(problem.edges):
+        target = hidden if (e.hidden and overlap) else costs
+        if e.u == e.v or e.u not in free or e.v not in free:
+            for ci, c in enumerate(problem.constraints):
+                if k in c.edges:
+                    _fold_edge(e, c.edges[k], cweights[ci], free, ci, cfixed)
+            _fold_edge(e, [[x * scale for x in row] for row in e.cost], target, free, -1, None)
         else:
-            pair_terms.append(e)
+            pair_terms.append((k, e))
     if not free:
         choice = {u: 0 for u in costs}
         for c in problem.constraints:
-            used = sum(w[0] for w in c.weights.values())
+            used = constraint_value(problem, c, choice)
             if used > c.limit + 1e-12:
                 raise InfeasibleError(
                     f"constraint {c.name} needs {used:g} but the limit is {c.limit:g}"
@@ -200,10 +232,13 @@ def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
     names = {u: f"n{k}" for k, u in enumerate(sorted(free))}
     x = {u: [var(f"x_{names[u]}_{i}", True) for i in range(len(costs[u]))] for u in free}
     terms = [(x[u][i], costs[u][i]) for u in free for i in range(len(costs[u]))]
+    hidden_terms = [(x[u][i], hidden[u][i]) for u in free for i in range(len(costs[u]))]
+    hidden_const = sum(hidden[u][0] for u in costs if u not in free)
     for u in free:
         prob += pulp.lpSum(x[u]) == 1
     num_vars = sum(len(v) for v in x.values())
-    for k, e in enumerate(pair_terms):
+    cedge_terms: list[list[tuple[pulp.LpVariable, float]]] = [[] for _ in problem.constraints]
+    for k, e in pair_terms:
         ga, gb = max(e.u_group) + 1, max(e.v_group) + 1
         ev = [[var(f"e{k}_{a}_{b}", False) for b in range(gb)] for a in range(ga)]
         num_vars += ga * gb
@@ -217,19 +252,41 @@ def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
             prob += pulp.lpSum(ev[a]) == pulp.lpSum(u_members[a])
         for b in range(gb):
             prob += pulp.lpSum(ev[a][b] for a in range(ga)) == pulp.lpSum(v_members[b])
-        terms += [
+        bucket = hidden_terms if (e.hidden and overlap) else terms
+        bucket += [
             (ev[a][b], e.cost[a][b] * scale) for a in range(ga) for b in range(gb) if e.cost[a][b]
         ]
-    for c in problem.constraints:
-        fixed = sum(w[0] for u, w in c.weights.items() if u not in free)
+        for ci, c in enumerate(problem.constraints):
+            if k in c.edges:
+                m = c.edges[k]
+                cedge_terms[ci] += [(ev[a][b], m[a][b]) for a in range(ga) for b in range(gb)]
+    for ci, c in enumerate(problem.constraints):
+        w = cweights[ci]
+        fixed = cfixed[ci] + sum(w[u][0] for u in w if u not in free)
         prob += (
-            pulp.lpSum(
-                x[u][i] * w[i] for u, w in c.weights.items() if u in free for i in range(len(w))
-            )
+            pulp.lpSum(x[u][i] * wi[i] for u, wi in w.items() if u in free for i in range(len(wi)))
+            + pulp.lpSum(v * m for v, m in cedge_terms[ci] if m)
             <= c.limit - fixed,
             c.name,
         )
-    prob += pulp.lpSum(var * coef for var, coef in terms)
+    objective_terms = pulp.lpSum(v * coef for v, coef in terms)
+    if overlap and (any(c for _, c in hidden_terms) or hidden_const):
+        t = var("t_exposed", False)
+        num_vars += 1
+        compute = problem.compute
+        budget = [
+            (x[u][i], problem.overlap * compute[u][i] * scale)
+            for u in free if u in compute for i in range(len(compute[u]))
+        ]  # fmt: skip
+        budget_const = sum(
+            problem.overlap * compute[u][0] * scale for u in compute if u not in free
+        )
+        prob += (
+            t >= pulp.lpSum(v * c for v, c in hidden_terms if c) + hidden_const
+            - pulp.lpSum(v * c for v, c in budget if c) - budget_const
+        )  # fmt: skip
+        objective_terms = objective_terms + t
+    prob += objective_terms
     solver, solver_name = _backend(time_limit)
     prob.solve(solver)
     sol_status = prob.sol_status
@@ -253,3 +310,30 @@ def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
         time.perf_counter() - start,
         num_vars,
     )
+
+
+def _fold_edge(
+    e: EdgeTerm,
+    matrix: list[list[float]],
+    into: dict[str, list[float]],
+    free: set[str],
+    ci: int,
+    fixed: list[float] | None,
+) -> None:
+    """Add an edge's matrix to per-node weights when at most one end is free."""
+    if e.u == e.v:
+        for i in range(len(e.u_group)):
+            into.setdefault(e.u, [0.0] * len(e.u_group))[i] += matrix[e.u_group[i]][e.v_group[i]]
+    elif e.u not in free and e.v not in free:
+        if fixed is not None:
+            fixed[ci] += matrix[e.u_group[0]][e.v_group[0]]
+        else:  # a constant cost: charge it to u's only strategy
+            into[e.u][0] += matrix[e.u_group[0]][e.v_group[0]]
+    elif e.u not in free:
+        acc = into.setdefault(e.v, [0.0] * len(e.v_group))
+        for j in range(len(e.v_group)):
+            acc[j] += matrix[e.u_group[0]][e.v_group[j]]
+    else:
+        acc = into.setdefault(e.u, [0.0] * len(e.u_group))
+        for i in range(len(e.u_group)):
+            acc[i] += matrix[e.u_group[i]][e.v_group[0]]

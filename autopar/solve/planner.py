@@ -1,10 +1,17 @@
 """Planner: captured graph + mesh + cost model -> Plan.
 
-Contract: ``make_plan(captured, mesh, strategy, cost_model)`` builds the planning graph,
-applies the preset, merges repeated layers, prices every strategy and every edge with
-``autopar.cost``, solves the ILP (``solve.ilp``, whose docstring states the math) and
-expands the canonical choice back to every node. Predicted step time is compute plus
-communication, without overlap.
+Contract: ``make_plan(captured, mesh, strategy, cost_model, memory_budget=None,
+optimizer="adamw")`` builds the planning graph, applies the preset, merges repeated
+layers, prices every strategy and every edge with ``autopar.cost``, adds the per-device
+memory constraint of ``solve.memory`` (budget: ``memory_budget`` bytes, else the cost
+model's device memory x 0.9 headroom), solves the ILP (``solve.ilp``, whose docstring
+states the math) and expands the canonical choice back to every node. Parameter
+collectives (gradient reductions, parameter gathers) may hide under compute up to the
+cost model's ``overlap`` fraction; the rest of the communication is exposed.
+
+When no plan fits the budget, ``PlanInfeasibleError`` (a ValueError) reports the
+smallest peak memory per device any plan reaches, its breakdown, the budget and what to
+change.
 """
 
 from __future__ import annotations
@@ -12,17 +19,33 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 
 from autopar.capture import Captured
-from autopar.cost import Collective, edge_collectives, kernel_collectives, node_seconds
+from autopar.cost import (
+    Collective,
+    compute_seconds,
+    edge_collectives,
+    kernel_collectives,
+    model_flops,
+)
 from autopar.mesh import MeshSpec
-from autopar.placement import Layout
 from autopar.plan import CollectivePlan, NodePlan, Plan, Predicted, ReshardPlan
-from autopar.solve.graph import PlanGraph, build_graph
-from autopar.solve.ilp import EdgeTerm, Problem, solve
+from autopar.solve.graph import PlanGraph, PNode, build_graph
+from autopar.solve.ilp import Constraint, EdgeTerm, InfeasibleError, Problem, solve
 from autopar.solve.layers import canonical_map
+from autopar.solve.memory import held_gather_bytes, node_memory
 from autopar.solve.presets import restrict
-from cost_models import CostModel
+from autopar.solve.saved import Saved, saved_values
+from autopar.strategies.types import Strategy
+from cost_models import CostModel, TrainingMemory
+from cost_models.dtypes import dtype_key
+
+GiB = 2**30
+
+
+class PlanInfeasibleError(ValueError):
+    pass
 
 
 def _groups(keys: list[object]) -> list[int]:
@@ -49,43 +72,88 @@ class _CollectivePrices:
         return total
 
 
-def build_problem(graph: PlanGraph, cm: CostModel, canon: dict[str, str]) -> Problem:
-    sizes = graph.mesh.sizes
+@dataclass
+class _Context:
+    graph: PlanGraph
+    cm: CostModel
+    saved: Saved
+    optimizer: str
+
+    def input_grads(self, node: PNode) -> tuple[bool, ...]:
+        return tuple(self.graph.nodes[s].requires_grad for s, _ in node.inputs)
+
+    def compute(self, node: PNode, s: Strategy) -> float:
+        if node.kind != "op" or node.op is None:
+            return 0.0
+        return compute_seconds(
+            self.cm, node.op, node.family, s, node.requires_grad, self.input_grads(node)
+        )
+
+    def memory(self, node: PNode, s: Strategy) -> TrainingMemory:
+        return node_memory(node, s, self.saved, self.graph.mesh.sizes, self.optimizer)
+
+    def edge(
+        self, src: PNode, s_src: Strategy, idx: int, dst: str, slot: int, s_dst: Strategy
+    ) -> tuple[list[Collective], list[Collective], int]:
+        """(forward, backward) collectives of one edge and the gathered copy it holds."""
+        sizes = self.graph.mesh.sizes
+        saved_slot = (dst, slot) in self.saved.slots
+        fwd, bwd = edge_collectives(
+            s_src.outs[idx], s_dst.ins[slot], s_dst.grads[slot], src.out_metas[idx],
+            src.requires_grad, sizes, regather=s_src.regather and saved_slot,
+        )  # fmt: skip
+        held = held_gather_bytes(src, s_src, s_dst.ins[slot], saved_slot, sizes) if fwd else 0
+        return fwd, bwd, held
+
+
+def build_problem(
+    ctx: _Context, canon: dict[str, str], budget: float | None
+) -> tuple[Problem, dict[str, list[float]], list[list[list[float]]]]:
+    """The ILP, plus the memory weights (per node, per edge) it constrains."""
+    graph, cm = ctx.graph, ctx.cm
     mult = Counter(canon.values())
     costs: dict[str, list[float]] = {}
+    compute: dict[str, list[float]] = {}
+    memory: dict[str, list[float]] = {}
+    price = _CollectivePrices(cm)
     for name, node in graph.nodes.items():
         if canon[name] != name:
             continue
-        if node.kind == "op" and node.op is not None:
-            costs[name] = [
-                mult[name] * node_seconds(cm, node.op, node.family, s, node.requires_grad)
-                for s in node.strategies
-            ]
-        else:
-            costs[name] = [0.0] * len(node.strategies)
+        m = mult[name]
+        compute[name] = [m * ctx.compute(node, s) for s in node.strategies]
+        costs[name] = [
+            c + m * price(kernel_collectives(s)) for c, s in zip(compute[name], node.strategies)
+        ]
+        memory[name] = [m * ctx.memory(node, s).total for s in node.strategies]
     edge_mult: Counter[tuple[str, int, str, int]] = Counter()
     for e in graph.edges:
         edge_mult[(canon[e.src], e.out_index, canon[e.dst], e.slot)] += 1
-    edges = []
-    price = _CollectivePrices(cm)
+    edges, edge_memory = [], []
     for (u, idx, v, slot), m in edge_mult.items():
         src, dst = graph.nodes[u], graph.nodes[v]
-        meta = src.out_metas[idx]
-        u_keys = [s.outs[idx] for s in src.strategies]
+        param = src.kind == "param"
+        u_keys = [(s.outs[idx], s.regather and param) for s in src.strategies]
         v_keys = [(s.ins[slot], s.grads[slot]) for s in dst.strategies]
         ug, vg = _groups(list(u_keys)), _groups(list(v_keys))
-        u_lay = {g: k for g, k in zip(ug, u_keys)}
-        v_lay = {g: k for g, k in zip(vg, v_keys)}
-        cost = [
-            [
-                m * price(*edge_collectives(u_lay[a], v_lay[b][0], v_lay[b][1], meta,
-                                            src.requires_grad, sizes))
-                for b in range(len(v_lay))
-            ]
-            for a in range(len(u_lay))
-        ]  # fmt: skip
-        edges.append(EdgeTerm(u, v, ug, vg, cost))
-    return Problem(costs, edges, ties=follower_ties(graph, canon))
+        u_rep = {g: s for g, s in zip(ug, src.strategies)}
+        v_rep = {g: s for g, s in zip(vg, dst.strategies)}
+        cost, mem = [], []
+        for a in range(len(u_rep)):
+            row_c, row_m = [], []
+            for b in range(len(v_rep)):
+                fwd, bwd, held = ctx.edge(src, u_rep[a], idx, v, slot, v_rep[b])
+                row_c.append(m * price(fwd, bwd))
+                row_m.append(float(m * held))
+            cost.append(row_c)
+            mem.append(row_m)
+        edges.append(EdgeTerm(u, v, ug, vg, cost, hidden=param))
+        edge_memory.append(mem)
+    constraints = []
+    if budget is not None:
+        held_edges = {k: mm for k, mm in enumerate(edge_memory) if any(any(r) for r in mm)}
+        constraints.append(Constraint("memory", memory, budget, held_edges))
+    problem = Problem(costs, edges, constraints, follower_ties(graph, canon), compute, cm.overlap)
+    return problem, memory, edge_memory
 
 
 FOLLOWER_FAMILIES = ("view", "pointwise")
@@ -122,8 +190,11 @@ def make_plan(
     strategy: str = "auto",
     cost_model: CostModel | None = None,
     time_limit: float = 60.0,
+    memory_budget: float | None = None,
+    optimizer: str = "adamw",
 ) -> Plan:
     cm = cost_model or CostModel.default_for(mesh)
+    budget = float(memory_budget) if memory_budget is not None else cm.memory_budget_bytes()
     graph = build_graph(captured, mesh)
     if graph.unknown_ops:
         warnings.warn(
@@ -133,56 +204,135 @@ def make_plan(
         )
     restrict(graph, strategy)
     canon = canonical_map(graph)
-    problem = build_problem(graph, cm, canon)
+    ctx = _Context(graph, cm, saved_values(graph), optimizer)
+    problem, memory, edge_memory = build_problem(ctx, canon, budget)
     start = time.perf_counter()
-    solution = solve(problem, time_limit=time_limit)
+    try:
+        solution = solve(problem, time_limit=time_limit)
+    except InfeasibleError as err:
+        raise _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy) from err
     solve_s = time.perf_counter() - start
-    return _expand(graph, cm, canon, solution.choice, strategy, solution, solve_s)
+    plan = _expand(ctx, canon, solution.choice, strategy, solution, solve_s, budget)
+    return plan
 
 
-def _expand(graph, cm, canon, choice, strategy, solution, solve_s) -> Plan:  # type: ignore[no-untyped-def]
-    sizes = graph.mesh.sizes
+def _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy):  # type: ignore[no-untyped-def]
+    """The error for a budget no plan meets, naming the smallest peak any plan reaches."""
+    smallest = Problem(
+        {u: [w * 1e-9 for w in ws] for u, ws in memory.items()},
+        [EdgeTerm(e.u, e.v, e.u_group, e.v_group, [[x * 1e-9 for x in r] for r in mm])
+         for e, mm in zip(problem.edges, edge_memory)],
+        ties=problem.ties,
+    )  # fmt: skip
+    choice = solve(smallest).choice
+    mem = _memory_of(ctx, canon, choice)
+    cm, mesh = ctx.cm, ctx.graph.mesh
+    parts = ", ".join(
+        f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in mem.to_json().items() if k != "total"
+    )
+    state = mem.total - mem.activations
+    need = -(-state * mesh.num_devices // int(budget)) if budget > 0 else 0
+    fp32 = any(
+        n.kind == "param" and n.out_metas[0].dtype.itemsize == 4 for n in ctx.graph.nodes.values()
+    )
+    fixes = [
+        f"more devices (the parameter state alone needs at least {need} devices of this "
+        f"budget; e.g. a larger --cluster)",
+        "a smaller batch or sequence (--batch-size, --seq-len) for the activations",
+    ]
+    if fp32:
+        fixes.append("bf16 parameters (half the parameter and gradient bytes)")
+    fixes.append("a larger --memory-budget if the device really has more free memory")
+    return PlanInfeasibleError(
+        f"no plan fits in memory: the smallest plan autopar finds for strategy={strategy!r} on "
+        f"mesh {mesh} needs {mem.total / GiB:.2f} GiB per device ({parts} GiB), but the "
+        f"budget is {budget / GiB:.2f} GiB per device ({cm.device.name} with "
+        f"{cm.device.memory_bytes / GiB:.0f} GiB). Fix: use " + "; or ".join(fixes)
+    )
+
+
+def _memory_of(ctx: _Context, canon: dict[str, str], choice: dict[str, int]) -> TrainingMemory:
+    graph = ctx.graph
+    chosen = {n: graph.nodes[n].strategies[choice[canon[n]]] for n in graph.nodes}
+    total = TrainingMemory()
+    for name, node in graph.nodes.items():
+        total = total + ctx.memory(node, chosen[name])
+    held = 0
+    for e in graph.edges:
+        src = graph.nodes[e.src]
+        held += ctx.edge(src, chosen[e.src], e.out_index, e.dst, e.slot, chosen[e.dst])[2]
+    return total + TrainingMemory(activations=held)
+
+
+def _tokens(graph: PlanGraph) -> int:
+    inputs = [n.out_metas[0] for n in graph.nodes.values() if n.kind == "input"]
+    for m in inputs:
+        if not m.is_float and m.ndim >= 1:
+            return m.numel  # token ids
+    return inputs[0].shape[0] if inputs and inputs[0].ndim else 0
+
+
+def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  # type: ignore[no-untyped-def]
+    graph, cm = ctx.graph, ctx.cm
     names = graph.mesh.names
     chosen = {n: graph.nodes[n].strategies[choice[canon[n]]] for n in graph.nodes}
     nodes = []
-    compute = 0.0
+    compute = flops = 0.0
+    kernel_comm = 0.0
+    price = _CollectivePrices(cm)
+    matmul_dtype = "fp32"
     for name, node in graph.nodes.items():
         s = chosen[name]
-        t = (
-            node_seconds(cm, node.op, node.family, s, node.requires_grad)
-            if node.kind == "op"
-            else 0.0
-        )
+        t = ctx.compute(node, s)
         compute += t
+        kernel_comm += price(kernel_collectives(s))
+        if node.kind == "op" and node.op is not None:
+            flops += model_flops(node.op, node.family, node.requires_grad, ctx.input_grads(node))
+            if node.family == "matmul":
+                matmul_dtype = dtype_key(node.out_metas[0].dtype) or "fp32"
         module = node.target if node.kind in ("param", "buffer") else node.module
         inside = tuple(
             CollectivePlan(c.kind, names[c.axis], c.nbytes, "forward")
             for c in kernel_collectives(s)
         )
         nodes.append(
-            NodePlan(
-                name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t, inside
-            )
-        )
+            NodePlan(name, node.target, node.kind, module, s.ins, s.outs, s.grads, s.kernel, t,
+                     inside, s.regather)
+        )  # fmt: skip
     reshards = []
-    price = _CollectivePrices(cm)
-    comm = 0.0
+    hidden = exposed = 0.0
     for e in graph.edges:
-        src, s_dst = graph.nodes[e.src], chosen[e.dst]
-        src_layout: Layout = chosen[e.src].outs[e.out_index]
+        src, s_src, s_dst = graph.nodes[e.src], chosen[e.src], chosen[e.dst]
+        src_layout = s_src.outs[e.out_index]
         dst_layout, grad_layout = s_dst.ins[e.slot], s_dst.grads[e.slot]
-        fwd, bwd = edge_collectives(src_layout, dst_layout, grad_layout, src.out_metas[e.out_index],
-                                    src.requires_grad, sizes)  # fmt: skip
+        fwd, bwd, _ = ctx.edge(src, s_src, e.out_index, e.dst, e.slot, s_dst)
         if not fwd and not bwd and src_layout == dst_layout:
             continue
         seconds = price(fwd, bwd)
-        comm += seconds
+        if src.kind == "param":
+            hidden += seconds
+        else:
+            exposed += seconds
         colls = tuple(
             CollectivePlan(c.kind, names[c.axis], c.nbytes, "forward") for c in fwd
         ) + tuple(CollectivePlan(c.kind, names[c.axis], c.nbytes, "backward") for c in bwd)
         reshards.append(ReshardPlan(e.src, e.out_index, e.dst, e.slot, src_layout, dst_layout,
                                     grad_layout, colls, seconds))  # fmt: skip
-    predicted = Predicted(compute, comm, compute + comm, solution.solver, solution.status, solve_s,
-                          solution.num_variables)  # fmt: skip
+    visible = exposed + kernel_comm
+    exposed = visible + max(0.0, hidden - cm.overlap * compute)
+    step = compute + exposed
+    mem = _memory_of(ctx, canon, choice)
+    devices = graph.mesh.num_devices
+    tflops = flops / devices / step / 1e12 if step > 0 else 0.0
+    peak = cm.device.peak_flops(matmul_dtype)
+    tokens = _tokens(graph)
+    predicted = Predicted(
+        compute, hidden + visible, step, solution.solver, solution.status, solve_s, solution.num_variables,
+        exposed_comm_s=exposed, flops_per_step=flops, tflops_per_gpu=tflops,
+        mfu=tflops * 1e12 / peak if peak else 0.0, tokens_per_step=tokens,
+        tokens_per_s=tokens / step if step > 0 else 0.0, memory=mem.to_json(),
+        memory_per_device_bytes=mem.total, memory_budget_bytes=int(budget),
+        optimizer=ctx.optimizer,
+    )  # fmt: skip
     return Plan(graph.mesh, strategy, str(cm.cluster), tuple(nodes), tuple(reshards), predicted,
                 tuple(graph.unknown_ops))  # fmt: skip

@@ -8,6 +8,12 @@ Contract: ``restrict(graph, preset, axes)`` removes strategies in place:
 - ``"tp"``: every parameter of rank >= 2 sharded on each axis and used where it is stored
   (Megatron's column/row pairs are then the cheapest way to connect them); inputs
   replicated.
+- ``"fsdp"`` / ``"zero"``: data parallel as ``"dp"``, but every parameter is stored
+  sharded on each axis (on some dim that divides; a parameter with none stays
+  replicated), gathered for use and its gradient reduce-scattered. ``"fsdp"`` frees the
+  gathered copy after forward and gathers it again in backward (ZeRO-3, FSDP's
+  reshard_after_forward); ``"zero"`` keeps it until backward (ZeRO-2 memory for
+  gradients and optimizer state, FSDP2's reshard_after_forward=False).
 - ``"auto"``: nothing removed.
 A node left without strategies raises ValueError naming it.
 """
@@ -17,7 +23,8 @@ from __future__ import annotations
 from autopar.placement import Replicate, Shard
 from autopar.solve.graph import PlanGraph
 
-PRESETS = ("auto", "dp", "tp")
+PRESETS = ("auto", "dp", "tp", "fsdp", "zero")
+DATA_PARALLEL = ("dp", "fsdp", "zero")
 
 
 def restrict(graph: PlanGraph, preset: str) -> None:
@@ -29,8 +36,9 @@ def restrict(graph: PlanGraph, preset: str) -> None:
     for node in graph.nodes.values():
         if node.kind == "input" or any(src in data for src, _ in node.inputs):
             data.add(node.name)
+    dp_like = preset in DATA_PARALLEL
     for node in graph.nodes.values():
-        if node.kind == "op" and preset == "dp" and node.name in data:
+        if node.kind == "op" and dp_like and node.name in data:
             keep = [
                 s
                 for s in node.strategies
@@ -40,21 +48,29 @@ def restrict(graph: PlanGraph, preset: str) -> None:
                 )
             ] or node.strategies  # an op that cannot keep the batch split runs replicated
         elif node.kind == "param":
+            replicated = [
+                s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])
+            ]
             if preset == "dp":
+                keep = replicated
+            elif dp_like:
                 keep = [
-                    s for s in node.strategies if all(isinstance(p, Replicate) for p in s.outs[0])
-                ]
+                    s
+                    for s in node.strategies
+                    if all(isinstance(p, Shard) for p in s.outs[0])
+                    and s.regather == (preset == "fsdp")
+                ] or replicated
             elif len(node.out_metas[0].shape) >= 2:
                 keep = [s for s in node.strategies if all(isinstance(p, Shard) for p in s.outs[0])]
             else:
                 keep = node.strategies
         elif node.kind == "input":
             meta = node.out_metas[0]
-            if preset == "dp":
+            if dp_like:
                 keep = [s for s in node.strategies if all(p == Shard(0) for p in s.outs[0])]
                 if not keep:
                     raise ValueError(
-                        f"strategy='dp' shards every input on dim 0, but input {node.name!r} has "
+                        f"strategy={preset!r} shards every input on dim 0, but input {node.name!r} has "
                         f"shape {list(meta.shape)} and the mesh {graph.mesh} needs dim 0 to divide "
                         f"by {graph.mesh.num_devices}; use a batch size that divides, or "
                         "strategy='auto'"

@@ -75,8 +75,12 @@ def node_strategies(op: OpView, sizes: tuple[int, ...], rule: Rule) -> list[Stra
     return combine(op, sizes, per_axis)
 
 
-def free_strategies(meta: TensorMeta, sizes: tuple[int, ...], allow_shard: bool) -> list[Strategy]:
-    """Layouts for a graph input or parameter: replicated, or sharded on any dims."""
+def free_strategies(
+    meta: TensorMeta, sizes: tuple[int, ...], allow_shard: bool, param: bool = False
+) -> list[Strategy]:
+    """Layouts for a graph input or parameter: replicated, or sharded on any dims. A
+    sharded parameter layout comes twice: kept gathered through backward (ZeRO-2), then
+    re-gathered in backward (FSDP, ``regather``)."""
     options: list[list[Placement]] = []
     for _ in sizes:
         axis_opts: list[Placement] = [R]
@@ -87,4 +91,10 @@ def free_strategies(meta: TensorMeta, sizes: tuple[int, ...], allow_shard: bool)
     for layout in itertools.product(*options):
         if _divides(meta, layout, sizes):
             found.append(Strategy((), (tuple(layout),), (), 1, ()))
+    if param:
+        found += [
+            Strategy((), s.outs, (), 1, (), regather=True)
+            for s in list(found)
+            if any(isinstance(p, Shard) for p in s.outs[0])
+        ]
     return found

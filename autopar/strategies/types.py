@@ -87,6 +87,9 @@ class Strategy:
     grads: tuple[Layout, ...]  # layout of each input's gradient, as produced by this node
     compute_div: int  # total ways the compute is divided
     kernels: tuple[str | None, ...] = field(default=())  # per axis
+    # parameters only: a sharded parameter's gathered copy is freed after forward and
+    # gathered again in backward (FSDP's reshard_after_forward); False keeps it (ZeRO-2)
+    regather: bool = False
 
     @property
     def kernel(self) -> str | None:

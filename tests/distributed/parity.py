@@ -24,12 +24,21 @@ def _loss(out: Any) -> torch.Tensor:
 
 
 def _run_one(
-    example: str, strategy: str, mesh: Any, optimizer: str, steps: int, cluster: str | None
+    example: str,
+    strategy: str,
+    mesh: Any,
+    optimizer: str,
+    steps: int,
+    cluster: str | None,
+    memory_budget: float | None = None,
 ) -> dict[str, Any]:
     mod = importlib.import_module(f"examples.{example}")
     model, args, kwargs = mod.build("tiny")
     ref = copy.deepcopy(model)
-    compiled = autopar.compile(model, args, kwargs, strategy=strategy, mesh=mesh, cluster=cluster)
+    compiled = autopar.compile(
+        model, args, kwargs, strategy=strategy, mesh=mesh, cluster=cluster,
+        memory_budget=memory_budget, optimizer="sgd" if optimizer == "sgd" else "adamw",
+    )  # fmt: skip
 
     def make(params: Any) -> torch.optim.Optimizer:
         if optimizer == "sgd":
@@ -65,6 +74,31 @@ def _run_one(
         "planned": dict(compiled.plan.collectives()),
         "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
             str(p) != "R" for p in n.outs[0])),
+        "modes": compiled.plan.param_modes(),
+        "memory": dict(compiled.plan.predicted.memory),
+        "held": held_bytes(compiled, opt),
+    }  # fmt: skip
+
+
+def local_nbytes(t: Any) -> int:
+    from torch.distributed.tensor import DTensor
+
+    t = t.to_local() if isinstance(t, DTensor) else t
+    return int(t.numel() * t.element_size())
+
+
+def held_bytes(compiled: Any, opt: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this rank holds for parameters (and buffers), gradients and optimizer state,
+    counted from the local tensors."""
+    params = list(compiled.parameters())
+    return {
+        "params": sum(local_nbytes(p) for p in params)
+        + sum(local_nbytes(b) for b in compiled.buffers()),
+        "grads": sum(local_nbytes(p.grad) for p in params if p.grad is not None),
+        "optimizer_state": sum(
+            local_nbytes(v) for st in opt.state.values() for v in st.values()
+            if isinstance(v, torch.Tensor)
+        ),
     }  # fmt: skip
 
 
@@ -77,8 +111,12 @@ def train_parity(
     optimizers: tuple[str, ...] = ("sgd", "adamw"),
     steps: int = 3,
     cluster: str | None = None,
+    memory_budget: float | None = None,
 ) -> dict[str, Any]:
-    return {opt: _run_one(example, strategy, mesh, opt, steps, cluster) for opt in optimizers}
+    return {
+        opt: _run_one(example, strategy, mesh, opt, steps, cluster, memory_budget)
+        for opt in optimizers
+    }
 
 
 TOLERANCE = {"sgd": (1e-5, 4e-5), "adamw": (1e-4, 1e-4)}  # (rtol, atol)

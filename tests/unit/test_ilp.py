@@ -13,6 +13,7 @@ from autopar.solve.ilp import (
     InfeasibleError,
     Problem,
     brute_force,
+    constraint_value,
     objective,
     solve,
 )
@@ -43,25 +44,38 @@ def _random_problem(seed: int) -> Problem:
                     [rng.choice([0.0, rng.uniform(0.0, 2e-3)]) for _ in range(max(vg) + 1)]
                     for _ in range(max(ug) + 1)
                 ]
-                edges.append(EdgeTerm(u, v, ug, vg, cost))
+                hidden = seed % 2 == 1 and rng.random() < 0.5
+                edges.append(EdgeTerm(u, v, ug, vg, cost, hidden))
     constraints = []
-    if seed % 3 == 0:
+    if seed % 3 == 0 or seed % 5 == 0:
         weights = {u: [rng.uniform(0.0, 10.0) for _ in cs] for u, cs in costs.items()}
+        edge_mem = {}
+        if seed % 5 == 0:  # memory that depends on both ends of an edge
+            for k, e in enumerate(edges):
+                if rng.random() < 0.5:
+                    edge_mem[k] = [
+                        [
+                            rng.choice([0.0, rng.uniform(0.0, 5.0)])
+                            for _ in range(max(e.v_group) + 1)
+                        ]
+                        for _ in range(max(e.u_group) + 1)
+                    ]
         lo = sum(min(w) for w in weights.values())
-        hi = sum(max(w) for w in weights.values())
+        hi = sum(max(w) for w in weights.values()) + sum(
+            max(max(r) for r in m) for m in edge_mem.values()
+        )
         # between the cheapest and the dearest assignment: some choices become infeasible
-        constraints.append(Constraint("mem", weights, lo + 0.4 * (hi - lo)))
-    return Problem(costs, edges, constraints)
+        constraints.append(Constraint("mem", weights, lo + 0.4 * (hi - lo), edge_mem))
+    compute = {u: [rng.uniform(0.0, 1e-3) for _ in cs] for u, cs in costs.items()}
+    overlap = 0.8 if seed % 2 == 1 else 0.0
+    return Problem(costs, edges, constraints, {}, compute, overlap)
 
 
 def _feasible(problem: Problem, choice: dict[str, int]) -> bool:
-    return all(
-        sum(w[choice[u]] for u, w in c.weights.items()) <= c.limit + 1e-9
-        for c in problem.constraints
-    )
+    return all(constraint_value(problem, c, choice) <= c.limit + 1e-9 for c in problem.constraints)
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(40))
 def test_solve_matches_brute_force(seed):
     problem = _random_problem(seed)
     _, best = brute_force(problem)

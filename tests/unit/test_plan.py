@@ -258,7 +258,14 @@ def _llama_plan(cfg_changes: dict, size: str, device: str, axes) -> Plan:
         model = LlamaForCausalLM(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make_plan(capture(model, args, kwargs), MeshSpec(axes), "auto")
+        mesh = MeshSpec(axes)
+        return make_plan(capture(model, args, kwargs), mesh, "auto", _h100(mesh))
+
+
+def _h100(mesh: MeshSpec):
+    from cost_models import ClusterSpec, CostModel
+
+    return CostModel(ClusterSpec.parse(f"{mesh.num_devices}xH100"), mesh)
 
 
 def test_merged_layers_do_not_grow_the_ilp():
@@ -280,7 +287,7 @@ def test_llama_7b_on_meta_plans_fast_with_merged_layers():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         captured = capture(model, args, kwargs)
-        plan = make_plan(captured, mesh, "auto")
+        plan = make_plan(captured, mesh, "auto", _h100(mesh))
     elapsed = time.monotonic() - t0
     assert elapsed < 40, elapsed
     assert plan.predicted.solve_status == "optimal"

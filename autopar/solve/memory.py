@@ -1,0 +1,76 @@
+"""Per-device memory of a plan: what the planner's memory constraint adds up.
+
+Contract (all figures are bytes held by ONE device, for a symmetric SPMD plan):
+- a trainable parameter in storage layout L holds its local shard, a gradient of the same
+  size and dtype, the optimizer's state (``cost_models.memory``: Adam keeps two fp32
+  moments per element and one fp32 step scalar per tensor) and, for bf16/fp16
+  parameters, an fp32 master copy; a buffer holds its local bytes;
+- an op holds, until backward, the local bytes of each output that autograd saves
+  (``solve.saved``), views excepted (they alias their input);
+- a sharded parameter gathered for an op that saves it is held until backward unless the
+  parameter re-gathers in backward (``Strategy.regather``, FSDP): that copy is an edge term
+  because its size depends on the consuming op's layout.
+Peak = the sum, i.e. everything saved by the forward pass is alive when backward starts.
+Transient buffers (a collective's output, one op's workspace) are not modelled: the
+budget's headroom covers them.
+"""
+
+from __future__ import annotations
+
+from autopar.placement import Layout, Shard
+from autopar.solve.graph import PNode
+from autopar.solve.saved import Saved
+from autopar.strategies.types import Strategy, TensorMeta
+from cost_models import (
+    TrainingMemory,
+    master_weight_bytes,
+    optimizer_state_bytes,
+    optimizer_step_bytes,
+)
+
+
+def local_bytes(meta: TensorMeta, layout: Layout, sizes: tuple[int, ...]) -> int:
+    div = 1
+    for p, n in zip(layout, sizes):
+        if isinstance(p, Shard):
+            div *= n
+    return meta.nbytes // div
+
+
+def node_memory(
+    node: PNode, s: Strategy, saved: Saved, sizes: tuple[int, ...], optimizer: str
+) -> TrainingMemory:
+    if node.kind == "param":
+        meta = node.out_metas[0]
+        nbytes = local_bytes(meta, s.outs[0], sizes)
+        numel = nbytes // meta.dtype.itemsize
+        if not node.requires_grad:
+            return TrainingMemory(params=nbytes)
+        return TrainingMemory(
+            params=nbytes,
+            grads=nbytes,
+            optimizer_state=optimizer_state_bytes(numel, optimizer)
+            + optimizer_step_bytes(optimizer),
+            master_weights=master_weight_bytes(numel, meta.dtype),
+        )
+    if node.kind == "buffer":
+        return TrainingMemory(params=local_bytes(node.out_metas[0], s.outs[0], sizes))
+    if node.kind != "op" or node.family == "view":
+        return TrainingMemory()
+    held = sum(
+        local_bytes(m, lay, sizes)
+        for i, (m, lay) in enumerate(zip(node.out_metas, s.outs))
+        if (node.name, i) in saved.values
+    )
+    return TrainingMemory(activations=held)
+
+
+def held_gather_bytes(
+    src: PNode, s_src: Strategy, dst_layout: Layout, saved_slot: bool, sizes: tuple[int, ...]
+) -> int:
+    """A gathered parameter copy autograd keeps for backward (ZeRO-2 style), else 0."""
+    if src.kind != "param" or s_src.regather or not saved_slot:
+        return 0
+    if s_src.outs[0] == dst_layout or not any(isinstance(p, Shard) for p in s_src.outs[0]):
+        return 0
+    return local_bytes(src.out_metas[0], dst_layout, sizes)
