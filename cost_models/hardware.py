@@ -129,8 +129,13 @@ def _gpu(
         mem_bw=mem_bw,
         intra_node_bw=intra_bw,
         inter_node_bw=inter_bw,
-        intra_alpha=10e-6,  # NCCL small-message latency inside a node, order of 10 us
-        inter_alpha=20e-6,  # across the network (IB/RoCE), order of 20 us
+        # alpha is paid per ring step (2(n-1) steps for an all-reduce), so it is NCCL's
+        # per-hop latency, not a whole collective's: NCCL's tuning model (src/graph/
+        # tuning.cc, hwLat, Ring/Simple) charges 3.4 us per NVLink step and 14 us per step
+        # that crosses the network. A multi-node group is priced at inter_alpha on every
+        # step: 5 us is the mean over a ring through 8-GPU nodes, (7 x 3.4 + 14) / 8 = 4.7.
+        intra_alpha=3.4e-6,
+        inter_alpha=5e-6,
         launch_floor_s=5e-6,  # CUDA kernel launch + tail, order of 5 us
         matmul_efficiency=0.75,  # large bf16 GEMMs reach ~70-80% of dense peak
         memory_efficiency=0.8,  # streaming kernels reach ~80% of HBM peak
