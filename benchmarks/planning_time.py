@@ -45,7 +45,8 @@ from autopar.mesh import MeshSpec  # noqa: E402
 from autopar.solve.graph import build_graph  # noqa: E402
 from autopar.solve.ilp import solve  # noqa: E402
 from autopar.solve.layers import canonical_map  # noqa: E402
-from autopar.solve.planner import _expand, build_problem  # noqa: E402
+from autopar.solve.planner import _Context, _expand, build_problem  # noqa: E402
+from autopar.solve.saved import saved_values  # noqa: E402
 from autopar.solve.presets import restrict  # noqa: E402
 
 STRATEGY = "auto"
@@ -148,10 +149,13 @@ def plan_rows(case: ModelCase, meshes: tuple[dict[str, int], ...], time_limit: f
             graph, row.graph_s = _timed(build_graph, captured, mesh)
             _, row.restrict_s = _timed(restrict, graph, STRATEGY)
             canon, row.canon_s = _timed(canonical_map, graph)
-            problem, row.price_s = _timed(build_problem, graph, cm, canon)
+            budget = cm.memory_budget_bytes()
+            ctx, saved_s = _timed(lambda: _Context(graph, cm, saved_values(graph), "adamw"))
+            (problem, _, _), row.price_s = _timed(build_problem, ctx, canon, budget)
+            row.price_s += saved_s
             solution, row.solve_s = _timed(solve, problem, time_limit=time_limit)
             plan, row.expand_s = _timed(
-                _expand, graph, cm, canon, solution.choice, STRATEGY, solution, row.solve_s
+                _expand, ctx, canon, solution.choice, STRATEGY, solution, row.solve_s, budget
             )
             # --- sizes ---
             row.nodes = len(graph.nodes)
