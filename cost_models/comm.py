@@ -15,7 +15,8 @@ over a group of ``n`` ranks on ``link`` (per-device bandwidth ``bw``, per-step l
                                                         beyond n == 1)
 
 A group of one rank (``n == 1``) or an empty message (``nbytes == 0``) costs 0.0.
-Unknown kinds raise ValueError listing ``COLLECTIVE_KINDS``.
+Unknown kinds raise ValueError listing ``COLLECTIVE_KINDS``. ``ring_terms(kind, nbytes,
+n)`` gives the (volume, steps) pair of the table, the terms ``calibrate`` fits to.
 """
 
 from __future__ import annotations
@@ -33,21 +34,29 @@ COLLECTIVE_KINDS = (
 )
 
 
-def collective_time(kind: str, nbytes: float, n: int, link: LinkSpec) -> float:
-    """Seconds for collective ``kind`` of a full tensor of ``nbytes`` bytes over ``n`` ranks."""
+def ring_terms(kind: str, nbytes: float, n: int) -> tuple[float, int]:
+    """(bytes each rank moves, latency steps) of collective ``kind`` in the table above;
+    ``(0.0, 0)`` for one rank or an empty message. ``calibrate`` fits alpha and
+    bandwidth to exactly these terms."""
     if kind not in COLLECTIVE_KINDS:
         raise ValueError(f"unknown collective {kind!r}; expected one of {list(COLLECTIVE_KINDS)}")
     nbytes = v.non_negative("nbytes", nbytes)
     v.positive_int("group size n", n)
     if n == 1 or nbytes == 0:
-        return 0.0
+        return 0.0, 0
     frac = (n - 1) / n
     if kind == "all_reduce":
-        volume, steps = 2 * frac * nbytes, 2 * (n - 1)
-    elif kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        volume, steps = frac * nbytes, n - 1
-    elif kind == "broadcast":
-        volume, steps = nbytes, n - 1
-    else:  # send_recv
-        volume, steps = nbytes, 1
+        return 2 * frac * nbytes, 2 * (n - 1)
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        return frac * nbytes, n - 1
+    if kind == "broadcast":
+        return nbytes, n - 1
+    return nbytes, 1  # send_recv
+
+
+def collective_time(kind: str, nbytes: float, n: int, link: LinkSpec) -> float:
+    """Seconds for collective ``kind`` of a full tensor of ``nbytes`` bytes over ``n`` ranks."""
+    volume, steps = ring_terms(kind, nbytes, n)
+    if steps == 0:
+        return 0.0
     return volume / link.bandwidth + steps * link.alpha

@@ -8,7 +8,9 @@ Contract: ``compute_time(device, flops, bytes_moved, dtype)`` returns seconds:
 and exactly 0.0 when both ``flops`` and ``bytes_moved`` are 0. ``dtype`` is a
 torch.dtype or a name ("bf16", "float32", ...). Integer and bool dtypes have no FLOP
 rate: their time is the memory term alone. Negative or non-finite inputs raise
-ValueError.
+ValueError. ``optimizer_step_time(device, param_bytes, num_tensors, optimizer)`` prices
+one optimizer step over a rank's local parameters (memory bound, ``OPTIMIZER_TRAFFIC``
+bytes per parameter byte, plus a launch floor per tensor).
 """
 
 from __future__ import annotations
@@ -34,3 +36,29 @@ def compute_time(
         return memory_s + device.launch_floor_s
     flops_s = flops / (device.peak_flops(key) * device.matmul_efficiency)
     return max(flops_s, memory_s) + device.launch_floor_s
+
+
+# Bytes an optimizer step moves per byte of (local) parameters: SGD reads p and g and
+# writes p; momentum also reads and writes its buffer; Adam/AdamW read p, g, m, v and
+# write p, m, v.
+OPTIMIZER_TRAFFIC = {"sgd": 3.0, "sgd_momentum": 5.0, "adam": 7.0, "adamw": 7.0}
+
+
+def optimizer_step_time(
+    device: DeviceSpec, param_bytes: float, num_tensors: int, optimizer: str = "sgd"
+) -> float:
+    """Seconds of one optimizer step over ``param_bytes`` bytes of local parameters held
+    in ``num_tensors`` tensors: memory bound, plus one launch floor per tensor (the
+    per-parameter loop of a non-fused optimizer)."""
+    if optimizer not in OPTIMIZER_TRAFFIC:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZER_TRAFFIC)}"
+        )
+    param_bytes = v.non_negative("param_bytes", param_bytes)
+    v.non_negative_int("num_tensors", num_tensors)
+    if param_bytes == 0:
+        return 0.0
+    traffic = OPTIMIZER_TRAFFIC[optimizer] * param_bytes
+    return (
+        traffic / (device.mem_bw * device.memory_efficiency) + num_tensors * device.launch_floor_s
+    )

@@ -12,6 +12,7 @@ is given its measured figures replace the device table's (``Profile.apply``). Me
   tensor size. On an intra-node link a profile's per-kind fit (``Profile.collectives``)
   replaces the link's alpha and bandwidth for that kind.
 - ``memory_budget_bytes(headroom=0.9)``: usable bytes per device.
+- ``reshard_overhead_s``: the profile's per-layout-call runtime overhead (0.0 without).
 - ``overlap``: the fraction of compute time under which parameter collectives (gradient
   reductions, FSDP/ZeRO gathers) can run: ``GPU_OVERLAP`` on GPUs, where NCCL runs on
   its own stream and FSDP/DDP prefetch and bucket them; 0 on CPU, where gloo
@@ -83,6 +84,13 @@ class CostModel:
     def device(self) -> DeviceSpec:
         """The device figures in use (table figures with the profile applied)."""
         return self.effective_cluster.device
+
+    @property
+    def reshard_overhead_s(self) -> float:
+        """Seconds of runtime overhead per layout call (the profile's figure, else 0)."""
+        if self.profile is None or self.profile.reshard_overhead_s is None:
+            return 0.0
+        return self.profile.reshard_overhead_s
 
     def compute_time(self, flops: float, bytes_moved: float, dtype: Any = "fp32") -> float:
         return _compute_time(self.device, flops, bytes_moved, dtype)

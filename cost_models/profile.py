@@ -3,7 +3,12 @@
 Contract: a ``Profile`` is a frozen value of *achieved* (not peak) numbers, each
 optional: ``matmul_flops`` (FLOP/s per dtype key), ``mem_bw`` (bytes/s), intra- and
 inter-node link bandwidth (bytes/s per device) and alpha (seconds per step), and the
-kernel ``launch_floor_s``. ``apply(device)`` returns the device with those figures
+kernel ``launch_floor_s``, and ``collectives``: per collective kind, its own fitted
+``CollectiveFit(alpha, bandwidth)`` on the calibration group's (intra-node) link, which
+``CostModel`` prefers over ``intra_alpha``/``intra_bw`` for that kind, and
+``reshard_overhead_s``: what one communication-free layout call of the runtime costs
+(forward and backward); no device figure holds it, so ``apply`` leaves it out and
+``CostModel.reshard_overhead_s`` reads it. ``apply(device)`` returns the device with those figures
 substituted; because they are achieved rates, efficiencies become 1.0 and table peaks
 the profile does not cover are pre-multiplied by the table efficiency, so unmeasured
 dtypes keep their modelled rate. JSON round trip via ``to_json``/``from_json`` and
@@ -17,9 +22,11 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from cost_models import _validate as v
+from cost_models.comm import COLLECTIVE_KINDS
 from cost_models.dtypes import FLOAT_KEYS
 from cost_models.hardware import DeviceSpec
 
@@ -30,8 +37,33 @@ _OPTIONAL_FLOATS = (
     "inter_bw",
     "inter_alpha",
     "launch_floor_s",
+    "reshard_overhead_s",
 )
-_ALPHA_LIKE = ("intra_alpha", "inter_alpha", "launch_floor_s")
+_ALPHA_LIKE = ("intra_alpha", "inter_alpha", "launch_floor_s", "reshard_overhead_s")
+
+
+@dataclass(frozen=True)
+class CollectiveFit:
+    """One collective kind's fitted per-step latency (s) and bandwidth (bytes/s/device)."""
+
+    alpha: float
+    bandwidth: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", v.non_negative("collective fit alpha", self.alpha))
+        object.__setattr__(
+            self, "bandwidth", v.positive("collective fit bandwidth", self.bandwidth)
+        )
+
+    def to_json(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "bandwidth": self.bandwidth}
+
+    @staticmethod
+    def from_json(obj: Any) -> CollectiveFit:
+        if isinstance(obj, CollectiveFit):
+            return obj
+        d = v.check_keys("collective fit", obj, {"alpha", "bandwidth"})
+        return CollectiveFit(d["alpha"], d["bandwidth"])
 
 
 @dataclass(frozen=True)
@@ -43,6 +75,8 @@ class Profile:
     inter_bw: float | None = None
     inter_alpha: float | None = None
     launch_floor_s: float | None = None
+    reshard_overhead_s: float | None = None
+    collectives: Mapping[str, CollectiveFit] = field(default_factory=dict)
     note: str = ""  # free text: where and how it was measured
 
     def __post_init__(self) -> None:
@@ -54,6 +88,19 @@ class Profile:
                 f"{list(FLOAT_KEYS)}"
             )
         object.__setattr__(self, "matmul_flops", flops)
+        if not isinstance(self.collectives, Mapping):
+            raise ValueError(
+                "profile collectives must map a collective kind to {'alpha': s, 'bandwidth': "
+                f"B/s}}, got {self.collectives!r}"
+            )
+        bad = sorted(set(self.collectives) - set(COLLECTIVE_KINDS))
+        if bad:
+            raise ValueError(
+                f"profile collectives has unknown kinds {bad}; use kinds from "
+                f"{list(COLLECTIVE_KINDS)}"
+            )
+        fits = {k: CollectiveFit.from_json(f) for k, f in self.collectives.items()}
+        object.__setattr__(self, "collectives", MappingProxyType(fits))
         for name in _OPTIONAL_FLOATS:
             val = getattr(self, name)
             if val is None:
@@ -65,11 +112,19 @@ class Profile:
 
     def __hash__(self) -> int:
         rest = tuple(getattr(self, n) for n in _OPTIONAL_FLOATS)
-        return hash((tuple(sorted(self.matmul_flops.items())), rest, self.note))
+        fits = tuple(sorted(self.collectives.items()))
+        return hash((tuple(sorted(self.matmul_flops.items())), rest, fits, self.note))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # read-only maps do not pickle
+        return Profile.from_json, (self.to_json(),)
 
     @property
     def is_empty(self) -> bool:
-        return not self.matmul_flops and all(getattr(self, n) is None for n in _OPTIONAL_FLOATS)
+        return (
+            not self.matmul_flops
+            and not self.collectives
+            and all(getattr(self, n) is None for n in _OPTIONAL_FLOATS)
+        )
 
     def apply(self, device: DeviceSpec) -> DeviceSpec:
         """``device`` with the measured figures substituted (see module docstring)."""
@@ -101,13 +156,17 @@ class Profile:
         for n in _OPTIONAL_FLOATS:
             if getattr(self, n) is not None:
                 out[n] = getattr(self, n)
+        if self.collectives:
+            out["collectives"] = {k: f.to_json() for k, f in sorted(self.collectives.items())}
         if self.note:
             out["note"] = self.note
         return out
 
     @staticmethod
     def from_json(obj: Any) -> Profile:
-        d = v.check_keys("profile", obj, set(), {"matmul_flops", *_OPTIONAL_FLOATS, "note"})
+        d = v.check_keys(
+            "profile", obj, set(), {"matmul_flops", *_OPTIONAL_FLOATS, "collectives", "note"}
+        )
         return Profile(**d)
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autopar.cli import plan, run
+from autopar.capture import CaptureError
+from autopar.cli import calibrate, diff, emit, explain, plan, run
 
-COMMANDS = (plan, run)
+COMMANDS = (plan, explain, diff, emit, run, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autopar",
         description="Plan and run PyTorch training over many devices.",
-        epilog="examples:\n  autopar plan gpt2 --cluster 8xH100\n"
+        epilog="examples:\n  autopar plan gpt2 --cluster 8xH100 --visualize gpt2.html --json plan.json\n"
+        "  autopar explain plan.json --top 20\n  autopar diff dp.json plan.json\n"
+        "  autopar emit gpt2-tiny --nproc 2 -o out/ && torchrun --nproc-per-node 2 out/train.py\n"
         "  autopar run gpt2-tiny --nproc 2 --steps 3 --check",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, CaptureError) as err:
         print(f"autopar {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("model", help="bundled example, e.g. gpt2-tiny, or file.py:fn")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--strategy", default="auto", choices=["auto", "dp", "tp"])
+    p.add_argument("--strategy", default="auto", choices=["auto", "dp", "tp", "fsdp", "zero"])
     p.add_argument("--mesh", help="named mesh, e.g. dp=2,tp=2")
     p.add_argument("--check", action="store_true", help="compare with a single process")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")

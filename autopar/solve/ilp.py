@@ -29,7 +29,11 @@ otherwise; a solve cut short by the time limit is reported as such, never as opt
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pulp
@@ -288,7 +292,8 @@ def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
         objective_terms = objective_terms + t
     prob += objective_terms
     solver, solver_name = _backend(time_limit)
-    prob.solve(solver)
+    with _quiet_stdout():  # highspy prints a banner from C++ before it reads output_flag
+        prob.solve(solver)
     sol_status = prob.sol_status
     if sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         raise InfeasibleError(
@@ -310,6 +315,24 @@ def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
         time.perf_counter() - start,
         num_vars,
     )
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _fold_edge(

@@ -126,8 +126,8 @@ def test_cluster_json_errors() -> None:
 def test_axis_link_mapping() -> None:
     c = ClusterSpec.parse("4x8xH100")
     mesh = MeshSpec.of({"dp": 4, "tp": 8})
-    assert c.axis_link(mesh, 1) == LinkSpec(320e9, 10e-6, "intra")
-    assert c.axis_link(mesh, 0) == LinkSpec(50e9, 20e-6, "inter")
+    assert c.axis_link(mesh, 1) == LinkSpec(320e9, 3.4e-6, "intra")
+    assert c.axis_link(mesh, 0) == LinkSpec(50e9, 5e-6, "inter")
     swapped = MeshSpec.of({"tp": 8, "dp": 4})  # tp: stride 4, size 8 -> spans nodes
     assert c.axis_link(swapped, 0).kind == "inter"
     assert c.axis_link(swapped, 1).kind == "intra"  # dp: stride 1, span 4 divides 8
@@ -260,9 +260,9 @@ def test_cost_model() -> None:
     cm = CostModel(ClusterSpec.parse("4x8xH100"), mesh)
     assert cm.link("tp").kind == "intra" and cm.link(0).kind == "inter"
     assert cm.collective_time("all_reduce", 1e9, "tp") == pytest.approx(
-        2 * 7 / 8 * 1e9 / 320e9 + 14 * 10e-6
+        2 * 7 / 8 * 1e9 / 320e9 + 14 * 3.4e-6
     )
-    assert cm.collective_time("all_gather", 1e9, 0) == pytest.approx(3 / 4 * 1e9 / 50e9 + 3 * 20e-6)
+    assert cm.collective_time("all_gather", 1e9, 0) == pytest.approx(3 / 4 * 1e9 / 50e9 + 3 * 5e-6)
     # both axes together: 32 ranks across 4 nodes
     assert cm.group_size(("dp", "tp")) == 32 and cm.link(["dp", "tp"]).kind == "inter"
     assert cm.compute_time(1e12, 0, "bf16") == pytest.approx(1e12 / (989e12 * 0.75) + 5e-6)

@@ -1,0 +1,187 @@
+"""``autopar explain PLAN.json [--node NAME]``: why the plan looks the way it does.
+
+Contract: without ``--node`` prints every op node's chosen placement with its compute
+seconds, the collectives issued inside it and the seconds of the reshards into it
+(``--top N``: only the N costliest). With ``--node NAME`` rebuilds the model on the meta
+device from ``plan.source`` and re-prices every placement the node could have taken
+against its neighbours' chosen placements: compute + reshards in + reshards out, the
+chosen one first, each alternative with how much it loses and on what (or that the
+strategy preset excluded it). An unreadable plan or an unknown node exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from typing import Any
+
+from autopar.placement import layout_str
+from autopar.plan import NodePlan, Plan
+
+EXAMPLES = """examples:
+  autopar plan gpt2-tiny --cluster cpu:2 --json plan.json
+  autopar explain plan.json --top 20
+  autopar explain plan.json --node addmm"""
+
+
+def _lays(layouts: tuple[Any, ...]) -> str:
+    return " ".join(layout_str(x) for x in layouts) or "-"
+
+
+def node_table(plan: Plan) -> list[tuple[NodePlan, float, float]]:
+    """(node, seconds of reshards into it, seconds of collectives it issues inside)."""
+    into: dict[str, float] = defaultdict(float)
+    for r in plan.reshards:
+        into[r.dst] += r.seconds
+    return [(n, into[n.name], 0.0) for n in plan.nodes if n.kind == "op"]
+
+
+def explain_all(plan: Plan, top: int | None) -> None:
+    from rich.table import Table
+
+    from autopar.cli.plan import _console
+    from autopar.viz.style import fmt_s
+
+    rows = node_table(plan)
+    if top:
+        rows = sorted(rows, key=lambda r: -(r[0].compute_s + r[1]))[:top]
+    t = Table(title=f"nodes of the plan (mesh {plan.mesh}); reshards are priced where they land",
+              title_justify="left")  # fmt: skip
+    for col in ("node", "op", "module", "in", "out", "compute", "reshards in", "inside"):
+        t.add_column(
+            col, overflow="fold", justify="right" if col in ("compute", "reshards in") else "left"
+        )
+    for n, reshard_s, _ in rows:
+        inside = ", ".join(f"{c.kind}@{c.axis}" for c in n.collectives) or ""
+        t.add_row(n.name, n.op, n.module or "<top>", _lays(n.ins), _lays(n.outs), fmt_s(n.compute_s),
+                  fmt_s(reshard_s) if reshard_s else "", inside)  # fmt: skip
+    _console().print(t)
+
+
+def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
+    """Every strategy of node ``name`` priced against its neighbours' chosen layouts."""
+    from autopar.cli.planning import rebuild
+    from autopar.cost import edge_collectives, node_seconds
+    from autopar.solve.graph import build_graph
+    from autopar.solve.presets import restrict
+
+    captured, cm = rebuild(plan)
+    graph = build_graph(captured, plan.mesh)
+    if name not in graph.nodes:
+        raise ValueError(
+            f"the rebuilt model has no node {name!r}; the model changed since the plan was made"
+        )
+    allowed = build_graph(captured, plan.mesh)
+    try:
+        restrict(allowed, plan.strategy)
+        kept = {(s.ins, s.outs, s.grads) for s in allowed.nodes[name].strategies}
+    except ValueError:
+        kept = {(s.ins, s.outs, s.grads) for s in graph.nodes[name].strategies}
+    node, sizes = graph.nodes[name], plan.mesh.sizes
+
+    def price(groups: tuple[list[Any], list[Any]]) -> float:
+        return sum(cm.collective_time(c.kind, c.nbytes, c.axis) for g in groups for c in g)
+
+    chosen = plan.node(name)
+    out = []
+    for s in node.strategies:
+        compute = (
+            node_seconds(cm, node.op, node.family, s, node.requires_grad)
+            if node.kind == "op" and node.op is not None
+            else 0.0
+        )
+        r_in = r_out = 0.0
+        for e in graph.edges:
+            if e.dst == name and e.src in graph.nodes:
+                src = graph.nodes[e.src]
+                r_in += price(edge_collectives(plan.node(e.src).outs[e.out_index], s.ins[e.slot], s.grads[e.slot],
+                                               src.out_metas[e.out_index], src.requires_grad, sizes))  # fmt: skip
+            elif e.src == name:
+                d = plan.node(e.dst)
+                r_out += price(edge_collectives(s.outs[e.out_index], d.ins[e.slot], d.grads[e.slot],
+                                                node.out_metas[e.out_index], node.requires_grad, sizes))  # fmt: skip
+        out.append({
+            "ins": s.ins, "outs": s.outs, "grads": s.grads, "kernel": s.kernel, "compute_s": compute,
+            "reshard_in_s": r_in, "reshard_out_s": r_out, "total_s": compute + r_in + r_out,
+            "chosen": (s.ins, s.outs, s.grads) == (chosen.ins, chosen.outs, chosen.grads),
+            "allowed": (s.ins, s.outs, s.grads) in kept,
+        })  # fmt: skip
+    return sorted(out, key=lambda a: (not a["chosen"], a["total_s"]))
+
+
+def explain_node(plan: Plan, name: str) -> None:
+    from rich.table import Table
+
+    from autopar.cli.plan import _console
+    from autopar.viz.style import fmt_s
+
+    try:
+        n = plan.node(name)
+    except KeyError:
+        near = [x.name for x in plan.nodes if name in x.name][:8]
+        raise ValueError(
+            f"the plan has no node {name!r}; run `autopar explain PLAN` to list nodes"
+            + (f" (similar: {', '.join(near)})" if near else "")
+        ) from None
+    alts = alternatives(plan, name)
+    base = next((a for a in alts if a["chosen"]), alts[0])
+    t = Table(title=f"{name} ({n.op}, module {n.module or '<top>'}): every placement, priced against "
+                    "its neighbours' choices", title_justify="left")  # fmt: skip
+    for col in (
+        "",
+        "in",
+        "out",
+        "grad in",
+        "compute",
+        "reshards in",
+        "reshards out",
+        "total",
+        "why not",
+    ):
+        t.add_column(
+            col,
+            justify="right"
+            if col in ("compute", "reshards in", "reshards out", "total")
+            else "left",
+        )
+    for a in alts:
+        if a["chosen"]:
+            why = "chosen"
+        elif not a["allowed"]:
+            why = f"excluded by strategy {plan.strategy!r}"
+        else:
+            parts = [(k, a[k] - base[k]) for k in ("compute_s", "reshard_in_s", "reshard_out_s")]
+            worst = max(parts, key=lambda p: p[1])
+            label = {
+                "compute_s": "compute",
+                "reshard_in_s": "reshards in",
+                "reshard_out_s": "reshards out",
+            }
+            delta = a["total_s"] - base["total_s"]
+            why = (f"+{fmt_s(delta)}, mostly {label[worst[0]]} (+{fmt_s(worst[1])})" if delta > 0
+                   else "no worse here; loses elsewhere (tie-break or shared layer)")  # fmt: skip
+        t.add_row("*" if a["chosen"] else "", _lays(a["ins"]), _lays(a["outs"]), _lays(a["grads"]),
+                  fmt_s(a["compute_s"]), fmt_s(a["reshard_in_s"]), fmt_s(a["reshard_out_s"]),
+                  fmt_s(a["total_s"]), why)  # fmt: skip
+    _console().print(t)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    plan = Plan.load(args.plan)
+    if args.node:
+        explain_node(plan, args.node)
+    else:
+        explain_all(plan, args.top)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "explain", help="each node's placement and costs; why alternatives lost",
+        description="Explain a saved plan: placements and costs per node, or one node's alternatives.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("plan", help="a plan JSON written by `autopar plan --json`")
+    p.add_argument("--node", help="explain this node: price every placement it could take")
+    p.add_argument("--top", type=int, help="only the N costliest nodes")
+    p.set_defaults(fn=cmd_explain)

@@ -1,0 +1,352 @@
+"""Cost-model fidelity: predicted against measured step times.
+
+Part 1, on this machine: calibrate on 2 gloo ranks (``cost_models.calibrate``), then plan
+several DISTINCT plans of a small GPT-2 (``examples/gpt2.py`` config, resized) with
+``CostModel(ClusterSpec.cpu(2), mesh, profile=calibrated)``, compile each with
+``autopar.compile(..., plan=plan)`` and measure the median wall time of a training step
+(forward + backward + optimizer step, after warm-up; a barrier before every step; each
+step's time is the slowest rank's). Plans are measured round-robin, so that load from
+other processes spreads over all plans alike. Prints a table, the Spearman rank
+correlation (target >= 0.9) and the median absolute relative error (target <= 25%).
+
+Part 2 (``benchmarks/fidelity_published.py``, when present): ``run_published() -> bool``.
+
+Run: ``python benchmarks/cost_fidelity.py [--nproc 2] [--timeout 600] [--local-only]``. Exit 0 when every
+part passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SPEARMAN_MIN = 0.9
+MEDIAN_ERROR_MAX = 0.25
+# GPT-2 resized so that compute is not negligible: (layers, hidden, heads, vocab).
+MODEL = (2, 256, 4, 2048)
+SHAPES = ((4, 64), (8, 64), (4, 128), (8, 128))  # (batch, seq)
+STRATEGIES = ("dp", "tp", "auto", "fsdp", "zero")
+WARMUP, ROUNDS, STEPS_PER_ROUND = 2, 8, 2
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman rank correlation (ties get their average rank)."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"spearman needs two equal lists of >= 2 values, got {len(xs)}, {len(ys)}")
+
+    def ranks(vals: list[float]) -> list[float]:
+        order = sorted(range(len(vals)), key=lambda i: vals[i])
+        out = [0.0] * len(vals)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and vals[order[j + 1]] == vals[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var > 0 else 0.0
+
+
+def predicted_seconds(plan: Any) -> float:
+    """The plan's predicted step time (``step_time_s`` or the older ``step_s``)."""
+    p = plan.predicted
+    value = getattr(p, "step_time_s", None)
+    return float(value if value is not None else p.step_s)
+
+
+def optimizer_seconds(plan: Any, cm: Any, model: Any) -> float:
+    """The SGD step over the rank's local parameters (``compute.optimizer_step_time``),
+    unless the plan's prediction already prices the optimizer (``optimizer_s``)."""
+    from torch.distributed.tensor import DTensor
+
+    from cost_models.compute import optimizer_step_time
+
+    if getattr(plan.predicted, "optimizer_s", None) is not None:
+        return 0.0
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
+    nbytes = sum(t.numel() * t.element_size() for t in local)
+    return optimizer_step_time(cm.device, nbytes, len(local), "sgd")
+
+
+def _gpt(batch: int, seq: int) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from examples._common import random_tokens
+    from examples.gpt2 import config
+
+    layers, hidden, heads, vocab = MODEL
+    cfg = config("tiny")
+    cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size = layers, hidden, heads, vocab
+    cfg.n_positions = max(seq, 64)
+    cfg.bos_token_id = cfg.eos_token_id = vocab - 1
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"
+    ids = random_tokens((batch, seq), vocab, device="cpu", seed=1)
+    labels = random_tokens((batch, seq), vocab, device="cpu", seed=2)
+    return model, (), {"input_ids": ids, "labels": labels}
+
+
+def framework_seconds(cm: Any, model: Any) -> float:
+    """Runtime layout calls per step (``reshard`` calls of the generated program) times
+    the calibrated cost of one (``CostModel.reshard_overhead_s``, forward + backward)."""
+    calls = sum(
+        1 for n in model.graph_module.graph.nodes if n.op == "call_module" and n.target == "reshard"
+    )
+    return calls * cm.reshard_overhead_s
+
+
+def _signature(plan: Any) -> tuple[Any, ...]:
+    return tuple((n.name, n.ins, n.outs, n.grads, n.kernel) for n in plan.nodes)
+
+
+def _rank_main(rank: int, nproc: int, port: int, out: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    code = 0
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=nproc, timeout=timedelta(seconds=120))  # fmt: skip
+        report = _measure(rank, nproc)
+        out.put((rank, "ok", pickle.dumps(report)))
+        out.close()
+        out.join_thread()
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - reported to the parent, which ends every rank
+        out.put((rank, "error", traceback.format_exc()))
+        code = 1
+    os._exit(code)
+
+
+def _measure(rank: int, nproc: int) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    import autopar
+    from autopar.capture import capture
+    from autopar.mesh import MeshSpec
+    from autopar.solve.planner import make_plan
+    from autopar.solve.presets import PRESETS
+    from cost_models import ClusterSpec, CostModel
+    from cost_models.calibrate import run_calibration
+
+    cal = run_calibration()
+    mesh = MeshSpec.of(nproc)
+    cm = CostModel(ClusterSpec.cpu(nproc), mesh, profile=cal.profile)
+    skipped = [s for s in STRATEGIES if s not in PRESETS]
+    runs, seen = [], {}
+    for batch, seq in SHAPES:
+        for strategy in (s for s in STRATEGIES if s in PRESETS):
+            model, args, kwargs = _gpt(batch, seq)
+            plan = make_plan(capture(model, args, kwargs), mesh, strategy, cm)
+            label = f"{strategy} b{batch} s{seq}"
+            sig = (batch, seq, _signature(plan))
+            if sig in seen:
+                runs.append({"label": label, "same_as": seen[sig]})
+                continue
+            seen[sig] = label
+            compiled = autopar.compile(model, args, kwargs, strategy=strategy, plan=plan)
+            opt = torch.optim.SGD(compiled.parameters(), lr=1e-3)
+            runs.append({"label": label, "plan": plan, "model": compiled, "opt": opt,
+                         "kwargs": kwargs, "times": [],
+                         "opt_s": optimizer_seconds(plan, cm, compiled),
+                         "fw_s": framework_seconds(cm, compiled)})  # fmt: skip
+    live = [r for r in runs if "model" in r]
+
+    def step(r: dict[str, Any]) -> float:
+        dist.barrier()
+        start = time.perf_counter()
+        r["opt"].zero_grad()
+        r["model"](*(), **r["kwargs"]).loss.backward()
+        r["opt"].step()
+        return time.perf_counter() - start
+
+    for r in live:
+        for _ in range(WARMUP):
+            step(r)
+    for _ in range(ROUNDS):
+        for r in live:
+            r["times"].extend(step(r) for _ in range(STEPS_PER_ROUND))
+    flat = torch.tensor([t for r in live for t in r["times"]], dtype=torch.float64)
+    dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+    per = ROUNDS * STEPS_PER_ROUND
+    rows = []
+    for i, r in enumerate(live):
+        times = flat[i * per : (i + 1) * per].tolist()
+        p = r["plan"].predicted
+        rows.append({"label": r["label"],
+                     "predicted_s": predicted_seconds(r["plan"]) + r["opt_s"] + r["fw_s"],
+                     "compute_s": p.compute_s, "comm_s": p.comm_s, "opt_s": r["opt_s"],
+                     "fw_s": r["fw_s"],
+                     "measured_s": statistics.median(times),
+                     "collectives": dict(r["plan"].collectives())})  # fmt: skip
+    dups = [(r["label"], r["same_as"]) for r in runs if "same_as" in r]
+    return {"table": cal.table(), "rows": rows, "skipped": skipped, "duplicates": dups}
+
+
+def _busy_fraction(window_s: float = 2.0) -> float | None:
+    """Fraction of all CPUs busy over ``window_s`` (from /proc/stat; None elsewhere)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except OSError:
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_wait_s: float, busy_max: float = 0.3) -> None:
+    """Wait (at most ``max_wait_s``) until other processes leave the CPUs mostly idle:
+    the ranks must not share the cores with someone else's job while they are timed."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy = _busy_fraction()
+        if busy is None or busy <= busy_max:
+            print(f"CPUs busy before start: {'unknown' if busy is None else f'{busy:.0%}'}")
+            return
+        if time.monotonic() > deadline:
+            print(f"WARNING: CPUs still {busy:.0%} busy with other work after {max_wait_s:.0f} s;"
+                  " timings will be noisy")  # fmt: skip
+            return
+        time.sleep(3.0)
+
+
+def _spawn(nproc: int, timeout: float) -> dict[str, Any]:
+    from autopar.launch import _port
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _port()
+    procs = [ctx.Process(target=_rank_main, args=(r, nproc, port, out)) for r in range(nproc)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    results: dict[int, Any] = {}
+    try:
+        while len(results) < nproc:
+            try:
+                rank, status, payload = out.get(timeout=1.0)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+                dead = [
+                    r for r, p in enumerate(procs) if p.exitcode is not None and r not in results
+                ]
+                if dead:
+                    raise RuntimeError(f"rank {dead[0]} exited before reporting") from None
+                continue
+            if status == "error":
+                raise RuntimeError(f"rank {rank} failed:\n{payload}")
+            results[rank] = pickle.loads(payload)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    return results[0]
+
+
+def run_local(nproc: int = 2, timeout: float = 600.0, quiet_wait_s: float = 300.0) -> bool:
+    """Part 1: calibrate, predict and measure on ``nproc`` gloo ranks; True when it passes."""
+    print(f"== part 1: fidelity on this machine ({nproc} gloo ranks) ==")
+    wait_quiet(quiet_wait_s)
+    layers, hidden, heads, vocab = MODEL
+    print(f"model: GPT-2, {layers} layers, hidden {hidden}, {heads} heads, vocab {vocab}; SGD")
+    report = _spawn(nproc, timeout)
+    print(report["table"])
+    for s in report["skipped"]:
+        print(f"skipped strategy {s!r}: not a preset of this autopar yet (autopar.solve.presets)")
+    for label, same in report["duplicates"]:
+        print(f"skipped {label}: same plan as {same}")
+    rows = report["rows"]
+    print("predicted = plan.predicted step (compute + comm) + optimizer step (opt) + runtime "
+          "layout calls (calls)")  # fmt: skip
+    print(f"{'plan':<16}{'predicted ms':>13}{'compute':>9}{'comm':>8}{'opt':>6}{'calls':>7}"
+          f"{'measured ms':>13}{'error':>8}")  # fmt: skip
+    errors = []
+    for r in rows:
+        err = (r["predicted_s"] - r["measured_s"]) / r["measured_s"]
+        errors.append(abs(err))
+        print(f"{r['label']:<16}{r['predicted_s'] * 1e3:13.1f}{r['compute_s'] * 1e3:9.1f}"
+              f"{r['comm_s'] * 1e3:8.1f}{r['opt_s'] * 1e3:6.1f}{r['fw_s'] * 1e3:7.1f}"
+              f"{r['measured_s'] * 1e3:13.1f}{err:8.0%}")  # fmt: skip
+    if len(rows) < 6:
+        print(f"FAIL: only {len(rows)} distinct plans measured; at least 6 are needed")
+        return False
+    rho = spearman([r["predicted_s"] for r in rows], [r["measured_s"] for r in rows])
+    med = statistics.median(errors)
+    ok = rho >= SPEARMAN_MIN and med <= MEDIAN_ERROR_MAX
+    print(f"distinct plans: {len(rows)}")
+    print(f"Spearman rank correlation: {rho:.3f} (target >= {SPEARMAN_MIN})")
+    print(f"median absolute relative error: {med:.1%} (target <= {MEDIAN_ERROR_MAX:.0%})")
+    print(f"part 1: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--local-only", action="store_true", help="part 1 only")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for other processes to leave the CPUs idle",
+    )
+    args = parser.parse_args(argv)
+    try:
+        local_ok = run_local(args.nproc, args.timeout, args.quiet_wait)
+    except RuntimeError as err:
+        print(f"part 1 FAIL: {err}")
+        local_ok = False
+    published_ok = True
+    if args.local_only:
+        print("part 2 not run (--local-only)")
+    elif importlib.util.find_spec("benchmarks.fidelity_published") is not None:
+        from benchmarks.fidelity_published import run_published
+
+        published_ok = run_published()
+    else:
+        print("part 2 skipped: benchmarks/fidelity_published.py does not exist yet")
+    ok = local_ok and published_ok
+    print("cost fidelity: " + ("PASS" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

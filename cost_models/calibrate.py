@@ -1,0 +1,439 @@
+"""Calibration: short micro-benchmarks on the live process group -> a measured ``Profile``.
+
+Contract:
+
+- ``fit_link(samples, n)`` (pure) fits one link's per-step latency ``alpha`` and
+  bandwidth ``bw`` to the ring terms of ``comm.ring_terms``: for every sample
+  ``(kind, nbytes, seconds)`` (``nbytes`` = the FULL tensor, as everywhere in
+  cost_models), ``seconds ~= steps * alpha + volume / bw``. It is a least-squares fit of
+  the RELATIVE residuals (times span orders of magnitude, so a 256-byte message weighs
+  as much as a 4 MiB one); a negative alpha is clamped to 0 and the bandwidth refitted.
+- ``fit_rate(samples)`` (pure) fits ``seconds ~= overhead + work / rate`` the same way
+  (matmul FLOPs, element-wise bytes).
+  Both return frozen fits with the relative RMS residual, and raise ValueError on bad
+  input: fewer than 2 samples, one distinct size only, non-positive or non-finite
+  times, negative sizes, unknown kinds, a group of fewer than 2 ranks, or times that do
+  not grow with the size (no bandwidth can be fitted).
+- ``run_calibration(group=None, budget_s=8.0, path="dtensor")`` must be called on EVERY rank of an
+  initialised ``torch.distributed`` group (gloo on CPU, NCCL on GPU): all ranks run the
+  same benchmarks at the same time (so they share the machine as training ranks do),
+  each time is all-reduced to its maximum over ranks (the slowest rank bounds a step),
+  and every rank returns the same ``Calibration``: the raw samples, the fits and the
+  ``Profile``. It measures fp32 (and bf16 when it runs at a usable rate) matmul
+  throughput, element-wise memory bandwidth, the launch floor (one tiny op), the
+  per-op framework overhead (a tiny op's forward and backward under autograd, priced
+  by ``autopar.cost`` as one node), and all_reduce, all_gather, reduce_scatter,
+  all_to_all and broadcast at several message sizes, and (path "dtensor") the cost of one
+  communication-free DTensor wrap/unwrap, forward and backward (``reshard_overhead_s``). ``path="dtensor"`` times each
+  collective as DTensor's ``redistribute`` issues it (autopar's runtime path: the fitted
+  alpha then includes that framework's per-call overhead, and on gloo its all_to_all
+  fallback); ``path="c10d"`` times the raw ``torch.distributed`` calls. Broadcast is raw
+  c10d either way. ``calibrate(...)`` returns just the Profile. Writing the file is the caller's job (rank 0 only).
+
+Profile mapping: ``intra_alpha``/``intra_bw`` come from the joint fit over all five
+collectives (on one node every axis is intra-node; ``inter_*`` stay unmeasured unless
+the group spans nodes, which this module does not detect), ``collectives`` keeps each
+kind's own fit, ``launch_floor_s`` is the per-op overhead (forward + backward, the way a
+planner node is priced), ``matmul_flops``/``mem_bw`` the fitted rates.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cost_models import _validate as v
+from cost_models.comm import COLLECTIVE_KINDS, ring_terms
+from cost_models.profile import CollectiveFit, Profile
+
+CALIBRATED_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
+# Message sizes (bytes of the full tensor); 4 bytes per fp32 element.
+MESSAGE_BYTES = (1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22)
+MATMUL_SIZES = ((256, 256, 256), (512, 256, 768), (512, 512, 512), (1024, 512, 512))
+ELEMENTWISE_NUMEL = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)
+COLLECTIVE_PATHS = ("dtensor", "c10d")
+_BF16_MIN_FRACTION = 0.1  # bf16 slower than this fraction of fp32 is not "usable"
+
+
+@dataclass(frozen=True)
+class LinkFit:
+    alpha: float  # seconds per latency step
+    bandwidth: float  # bytes/s per device
+    rms_rel_error: float  # root mean square of (predicted - measured) / measured
+    samples: int
+
+    def predict(self, kind: str, nbytes: float, n: int) -> float:
+        volume, steps = ring_terms(kind, nbytes, n)
+        return steps * self.alpha + volume / self.bandwidth
+
+
+@dataclass(frozen=True)
+class RateFit:
+    overhead_s: float  # seconds a zero-size call costs
+    rate: float  # work units per second (FLOP/s or bytes/s)
+    rms_rel_error: float
+    samples: int
+
+
+def _lsq(rows: Sequence[tuple[float, float]], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Relative least squares of y ~= a * r0 + b * r1 with a >= 0, b > 0; (a, b, rms)."""
+    w = [1.0 / y for y in ys]  # minimise sum(((a r0 + b r1) - y) / y)^2
+    s00 = sum((wi * r0) ** 2 for wi, (r0, _) in zip(w, rows))
+    s11 = sum((wi * r1) ** 2 for wi, (_, r1) in zip(w, rows))
+    s01 = sum(wi * wi * r0 * r1 for wi, (r0, r1) in zip(w, rows))
+    t0 = sum(wi * wi * r0 * y for wi, (r0, _), y in zip(w, rows, ys))
+    t1 = sum(wi * wi * r1 * y for wi, (_, r1), y in zip(w, rows, ys))
+    det = s00 * s11 - s01 * s01
+    if det <= 1e-12 * max(s00 * s11, 1e-300):
+        raise ValueError(
+            "cannot fit latency and bandwidth apart: the samples need at least two "
+            "distinct message sizes (give sizes spanning small and large messages)"
+        )
+    a = (t0 * s11 - t1 * s01) / det
+    b = (t1 * s00 - t0 * s01) / det
+    if a < 0:  # latency cannot be negative: bandwidth alone
+        a, b = 0.0, t1 / s11
+    if b <= 0:
+        raise ValueError(
+            f"measured times do not grow with the message size (fitted slope {b:.3g} s/byte); "
+            "no bandwidth can be fitted: measure larger messages or on a quieter machine"
+        )
+    res = [(a * r0 + b * r1 - y) * wi for (r0, r1), y, wi in zip(rows, ys, w)]
+    return a, b, math.sqrt(sum(r * r for r in res) / len(res))
+
+
+def _check_samples(what: str, samples: Sequence[tuple[Any, ...]]) -> None:
+    if not isinstance(samples, Sequence) or len(samples) < 2:
+        raise ValueError(
+            f"{what} needs at least 2 samples (size, seconds) of distinct sizes, got {samples!r}"
+        )
+
+
+def fit_link(samples: Sequence[tuple[str, float, float]], n: int) -> LinkFit:
+    """Fit alpha and bandwidth to ``(kind, nbytes, seconds)`` samples over ``n`` ranks."""
+    _check_samples("fit_link", samples)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"fit_link needs a group of n >= 2 ranks, got n={n!r}")
+    rows, ys = [], []
+    for sample in samples:
+        if not isinstance(sample, tuple) or len(sample) != 3:
+            raise ValueError(f"fit_link samples are (kind, nbytes, seconds), got {sample!r}")
+        kind, nbytes, seconds = sample
+        if kind not in COLLECTIVE_KINDS:
+            raise ValueError(
+                f"unknown collective {kind!r} in fit_link; use one of {list(COLLECTIVE_KINDS)}"
+            )
+        volume, steps = ring_terms(kind, v.positive(f"{kind} message bytes", nbytes), n)
+        rows.append((float(steps), volume))
+        ys.append(v.positive(f"measured seconds of {kind} of {nbytes} bytes", seconds))
+    alpha, inv_bw, rms = _lsq(rows, ys)
+    return LinkFit(alpha, 1.0 / inv_bw, rms, len(rows))
+
+
+def fit_rate(samples: Sequence[tuple[float, float]]) -> RateFit:
+    """Fit ``seconds ~= overhead + work / rate`` to ``(work, seconds)`` samples."""
+    _check_samples("fit_rate", samples)
+    rows, ys = [], []
+    for sample in samples:
+        if not isinstance(sample, tuple) or len(sample) != 2:
+            raise ValueError(f"fit_rate samples are (work, seconds), got {sample!r}")
+        rows.append((1.0, v.positive("work of a sample", sample[0])))
+        ys.append(v.positive("measured seconds", sample[1]))
+    overhead, inv_rate, rms = _lsq(rows, ys)
+    return RateFit(overhead, 1.0 / inv_rate, rms, len(rows))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything one calibration measured and fitted; ``profile`` is what cost models use."""
+
+    profile: Profile
+    world_size: int
+    backend: str
+    link: LinkFit  # joint fit over every calibrated collective
+    per_kind: dict[str, LinkFit]
+    matmul: dict[str, RateFit]  # dtype key -> fit of FLOPs
+    elementwise: RateFit  # fit of bytes moved
+    tiny_op_s: float  # one tiny eager op (the kernel launch floor)
+    op_overhead_s: float  # a tiny op forward + backward under autograd
+    reshard_overhead_s: float | None  # a DTensor wrap/unwrap forward + backward (no comm)
+    collective_samples: tuple[tuple[str, int, float], ...] = field(repr=False)
+    seconds: float = 0.0  # wall time the calibration took
+
+    def table(self) -> str:
+        """The fitted figures as a short human-readable table."""
+        lines = [f"calibrated on {self.world_size} {self.backend} ranks in {self.seconds:.1f} s"]
+        for key, f in self.matmul.items():
+            lines.append(
+                f"  matmul {key:<5} {f.rate / 1e9:10.2f} GFLOP/s  (fit rms {f.rms_rel_error:.0%})"
+            )
+        e = self.elementwise
+        lines.append(
+            f"  memory bw    {e.rate / 1e9:10.2f} GB/s     (fit rms {e.rms_rel_error:.0%})"
+        )
+        lines.append(f"  tiny op      {self.tiny_op_s * 1e6:10.2f} us")
+        lines.append(f"  op fwd+bwd   {self.op_overhead_s * 1e6:10.2f} us       (launch floor)")
+        if self.reshard_overhead_s is not None:
+            lines.append(f"  reshard call {self.reshard_overhead_s * 1e6:10.2f} us       (no comm)")
+        lines.append(f"  {'collective':<15}{'alpha us':>10}{'bw GB/s':>10}{'rms err':>9}")
+        for name, fit in (*self.per_kind.items(), ("joint", self.link)):
+            lines.append(
+                f"  {name:<15}{fit.alpha * 1e6:10.1f}{fit.bandwidth / 1e9:10.3f}"
+                f"{fit.rms_rel_error:9.0%}"
+            )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _median_per_call(fn: Callable[[], object], budget_s: float, sync: Callable[[], None]) -> float:
+    """Median seconds per call of ``fn`` over a few timed batches within ``budget_s``."""
+    fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    one = max(time.perf_counter() - start, 1e-7)
+    per_batch = max(1, min(1000, int(budget_s / 5 / one)))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(per_batch):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / per_batch)
+    return statistics.median(times)
+
+
+def _max_over_ranks(values: list[float], group: Any) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend(group) == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return [float(x) for x in t.cpu()]
+
+
+def _collective(
+    kind: str, nbytes: int, n: int, device: Any, group: Any, path: str
+) -> Callable[[], object]:
+    import torch
+    import torch.distributed as dist
+
+    numel = max(n, nbytes // 4 // n * n)  # divisible by n, so scatters split evenly
+    full = torch.ones(numel, device=device)
+    part = torch.ones(numel // n, device=device)
+    if kind == "broadcast":  # DTensor has no broadcast: both paths use c10d
+        src = dist.get_global_rank(group, 0) if group is not None else 0
+        return lambda: dist.broadcast(full, src=src, group=group)
+    if path == "dtensor":
+        return _dtensor_collective(kind, full, part, n, group)
+    if kind == "all_reduce":
+        return lambda: dist.all_reduce(full, group=group)
+    if kind == "all_gather":  # torch 2.13 renamed *_into_tensor / *_tensor to *_single
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        return lambda: gather(full, part, group=group)
+    if kind == "reduce_scatter":
+        scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        return lambda: scatter(part, full, group=group)
+    if kind == "all_to_all":
+        out = torch.empty_like(full)
+        return lambda: dist.all_to_all_single(out, full, group=group)
+    raise ValueError(f"cannot calibrate collective {kind!r}; use one of {CALIBRATED_KINDS}")
+
+
+def _dtensor_collective(
+    kind: str, full: Any, part: Any, n: int, group: Any
+) -> Callable[[], object]:
+    """The collective as DTensor's ``redistribute`` issues it (the runtime's path)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+    pg = group if group is not None else dist.group.WORLD
+    assert pg is not None, "checked by run_calibration: the process group is initialised"
+    mesh = DeviceMesh.from_group(pg, full.device.type)
+    moves = {
+        "all_reduce": (full, Partial(), Replicate()),
+        "all_gather": (part, Shard(0), Replicate()),
+        "reduce_scatter": (full, Partial(), Shard(0)),
+        "all_to_all": (part.view(n, -1), Shard(0), Shard(1)),
+    }
+    if kind not in moves:
+        raise ValueError(f"cannot calibrate collective {kind!r}; use one of {CALIBRATED_KINDS}")
+    local, src, dst = moves[kind]
+    dt = DTensor.from_local(local, mesh, [src], run_check=False)
+    return lambda: dt.redistribute(mesh, [dst]).to_local()
+
+
+def _time_collective(fn: Callable[[], object], budget_s: float, group: Any) -> float:
+    """Seconds per call, with a repetition count every rank agrees on."""
+    import torch.distributed as dist
+
+    fn()
+    dist.barrier(group=group)
+    start = time.perf_counter()
+    fn()
+    one = _max_over_ranks([time.perf_counter() - start], group)[0]
+    reps = max(1, min(200, int(budget_s / 3 / max(one, 1e-6))))
+    times = []
+    for _ in range(3):
+        dist.barrier(group=group)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - start) / reps)
+    return statistics.median(times)
+
+
+def _compute_samples(budget_s: float, device: Any, sync: Callable[[], None]) -> dict[str, Any]:
+    import torch
+
+    each = budget_s / (len(MATMUL_SIZES) * 2 + len(ELEMENTWISE_NUMEL) + 2)
+    out: dict[str, Any] = {"matmul": {}}
+    for key, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        samples = []
+        for m, k, n in MATMUL_SIZES:
+            a = torch.randn(m, k, device=device).to(dtype)
+            b = torch.randn(k, n, device=device).to(dtype)
+            samples.append((2.0 * m * k * n, _median_per_call(lambda: a @ b, each, sync)))
+        out["matmul"][key] = samples
+    ew = []
+    for numel in ELEMENTWISE_NUMEL:
+        x, y = torch.ones(numel, device=device), torch.ones(numel, device=device)
+        z = torch.empty_like(x)
+        ew.append((3.0 * 4 * numel, _median_per_call(lambda: torch.add(x, y, out=z), each, sync)))
+    out["elementwise"] = ew
+    s, t = torch.ones(1, device=device), torch.ones(1, device=device)
+    out["tiny_op"] = _median_per_call(lambda: torch.add(s, t), each, sync)
+    leaf = torch.ones(1, device=device, requires_grad=True)
+
+    def chain() -> None:
+        y = leaf
+        for _ in range(32):
+            y = y * 1.0
+        y.sum().backward()
+
+    out["op_overhead"] = _median_per_call(chain, each, sync) / 32
+    return out
+
+
+def _reshard_overhead(device: Any, group: Any, budget_s: float, sync: Callable[[], None]) -> float:
+    """Seconds one communication-free layout call costs, forward and backward: a local
+    tensor wrapped as a DTensor and unwrapped with declared gradient placements (what
+    autopar's ``Reshard`` does around every move, and for every parameter use)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Replicate
+
+    pg = group if group is not None else dist.group.WORLD
+    assert pg is not None, "checked by run_calibration: the process group is initialised"
+    mesh = DeviceMesh.from_group(pg, torch.device(device).type)
+    leaf = torch.ones(4, device=device, requires_grad=True)
+    place = [Replicate()]
+
+    def chain() -> None:
+        y = leaf
+        for _ in range(8):
+            y = DTensor.from_local(y, mesh, place, run_check=False).to_local(grad_placements=place)
+        y.sum().backward()
+
+    return _median_per_call(chain, budget_s, sync) / 8
+
+
+def run_calibration(group: Any = None, budget_s: float = 8.0, path: str = "dtensor") -> Calibration:
+    """Measure on every rank of the live group; every rank returns the same Calibration."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "calibrate needs an initialised process group: call "
+            "torch.distributed.init_process_group('gloo' or 'nccl') on every rank first "
+            "(or use `autopar calibrate --nproc 2`, which does it)"
+        )
+    budget_s = v.positive("calibration budget_s", budget_s)
+    if path not in COLLECTIVE_PATHS:
+        raise ValueError(f"calibration path must be one of {COLLECTIVE_PATHS}, got {path!r}")
+    n = dist.get_world_size(group)
+    if n < 2:
+        raise ValueError(f"calibration needs a group of at least 2 ranks, got {n}")
+    backend = str(dist.get_backend(group))
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+    sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
+    started = time.perf_counter()
+    dist.barrier(group=group)
+    comp = _compute_samples(budget_s * 0.5, device, sync)
+    if path == "dtensor":
+        comp["reshard"] = _reshard_overhead(device, group, budget_s * 0.05, sync)
+    coll = []
+    each = budget_s * 0.5 / (len(CALIBRATED_KINDS) * len(MESSAGE_BYTES))
+    for kind in CALIBRATED_KINDS:
+        for nbytes in MESSAGE_BYTES:
+            fn = _collective(kind, nbytes, n, device, group, path)
+            coll.append((kind, nbytes, _time_collective(fn, each, group)))
+    # one all-reduce agrees every figure: the slowest rank's time
+    flat = [t for key in ("fp32", "bf16") for _, t in comp["matmul"][key]]
+    flat += [t for _, t in comp["elementwise"]] + [comp["tiny_op"], comp["op_overhead"]]
+    flat += [comp.get("reshard", 0.0)]
+    flat += [t for _, _, t in coll]
+    agreed = iter(_max_over_ranks(flat, group))
+    matmul_samples = {
+        key: [(w, next(agreed)) for w, _ in comp["matmul"][key]] for key in ("fp32", "bf16")
+    }
+    ew_samples = [(w, next(agreed)) for w, _ in comp["elementwise"]]
+    tiny, overhead, reshard = next(agreed), next(agreed), next(agreed)
+    coll_samples = tuple((k, b, next(agreed)) for k, b, _ in coll)
+    return _assemble(n, f"{backend}/{path}", matmul_samples, ew_samples, tiny, overhead,
+                     reshard if path == "dtensor" else None, coll_samples,
+                     time.perf_counter() - started)  # fmt: skip
+
+
+def _assemble(
+    n: int,
+    backend: str,
+    matmul_samples: dict[str, list[tuple[float, float]]],
+    ew_samples: list[tuple[float, float]],
+    tiny: float,
+    overhead: float,
+    reshard: float | None,
+    coll_samples: tuple[tuple[str, int, float], ...],
+    seconds: float,
+) -> Calibration:
+    matmul = {key: fit_rate(s) for key, s in matmul_samples.items()}
+    if matmul["bf16"].rate < _BF16_MIN_FRACTION * matmul["fp32"].rate:
+        del matmul["bf16"]  # emulated bf16: leave the table's modelled rate alone
+    elementwise = fit_rate(ew_samples)
+    link = fit_link(list(coll_samples), n)
+    per_kind = {
+        kind: fit_link([s for s in coll_samples if s[0] == kind], n) for kind in CALIBRATED_KINDS
+    }
+    profile = Profile(
+        matmul_flops={k: f.rate for k, f in matmul.items()},
+        mem_bw=elementwise.rate,
+        intra_bw=link.bandwidth,
+        intra_alpha=link.alpha,
+        launch_floor_s=overhead,
+        reshard_overhead_s=reshard,
+        collectives={k: CollectiveFit(f.alpha, f.bandwidth) for k, f in per_kind.items()},
+        note=(
+            f"calibrated by cost_models.calibrate on {n} {backend} ranks "
+            f"({time.strftime('%Y-%m-%d %H:%M:%S')}); link fit rms error "
+            f"{link.rms_rel_error:.0%}, launch floor = tiny op forward+backward"
+        ),
+    )
+    return Calibration(profile, n, backend, link, per_kind, matmul, elementwise, tiny, overhead,
+                       reshard, coll_samples, seconds)  # fmt: skip
+
+
+def calibrate(group: Any = None, budget_s: float = 8.0, path: str = "dtensor") -> Profile:
+    """``run_calibration(group, budget_s, path).profile``: call on every rank of the group."""
+    return run_calibration(group, budget_s, path).profile
