@@ -2,7 +2,8 @@
 
 Contract: ``launch(model, nproc, steps, strategy, mesh, check, timeout)`` spawns
 ``nproc`` ranks; each builds the model, compiles it, trains ``steps`` SGD steps on the
-same batch and rank 0 prints loss and throughput per step. With ``check``, rank 0 also
+same batch (``compiled.step``: any plan kind, pipelines included) and rank 0 prints the
+loss, milliseconds and tokens/s (global batch tokens / step time) per step. With ``check``, rank 0 also
 trains a single-process copy and compares the loss every step and every parameter after
 the last step (rtol 1e-5, atol 4e-5). Returns True when every rank finished and the check
 (if asked) passed. Any failing rank, or the timeout, ends every rank.
@@ -28,6 +29,18 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tokens(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Tokens in one global batch: the first integer tensor's elements (token ids), else
+    the first tensor's batch size (samples)."""
+    import torch
+
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    for t in tensors:
+        if not t.is_floating_point() and t.dim() >= 1:
+            return int(t.numel())
+    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 0
+
+
 def _rank_main(rank: int, nproc: int, port: int, cfg: dict[str, Any], out: Any) -> None:
     import torch
     import torch.distributed as dist
@@ -47,7 +60,8 @@ def _rank_main(rank: int, nproc: int, port: int, cfg: dict[str, Any], out: Any) 
         compiled = autopar.compile(model, args, kwargs, strategy=cfg["strategy"], mesh=cfg["mesh"])
         opt = torch.optim.SGD(compiled.parameters(), lr=0.1)
         opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1) if ref is not None else None
-        report: dict[str, Any] = {"losses": [], "ref_losses": [], "seconds": []}
+        report: dict[str, Any] = {"losses": [], "ref_losses": [], "seconds": [],
+                                  "tokens": _tokens(args, kwargs)}  # fmt: skip
 
         def loss_of(o: Any) -> torch.Tensor:
             return o if isinstance(o, torch.Tensor) else o.loss
@@ -55,8 +69,7 @@ def _rank_main(rank: int, nproc: int, port: int, cfg: dict[str, Any], out: Any) 
         for _ in range(cfg["steps"]):
             start = time.perf_counter()
             opt.zero_grad()
-            loss = loss_of(compiled(*args, **kwargs))
-            loss.backward()
+            loss = compiled.step(*args, **kwargs)  # forward + backward, any plan kind
             opt.step()
             report["seconds"].append(time.perf_counter() - start)
             report["losses"].append(float(loss.detach()))
@@ -125,7 +138,8 @@ def launch(
     print(report["plan"])
     ok = True
     for step, (loss, secs) in enumerate(zip(report["losses"], report["seconds"])):
-        line = f"step {step}: loss {loss:.6f}  {secs * 1e3:.1f} ms"
+        rate = report["tokens"] / secs if secs > 0 else 0.0
+        line = f"step {step}: loss {loss:.6f}  {secs * 1e3:.1f} ms  {rate:,.0f} tokens/s"
         if check:
             ref = report["ref_losses"][step]
             good = abs(loss - ref) <= ATOL + RTOL * abs(ref)

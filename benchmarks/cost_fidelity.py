@@ -6,7 +6,12 @@ several DISTINCT plans of a small GPT-2 (``examples/gpt2.py`` config, resized) w
 ``autopar.compile(..., plan=plan)`` and measure the median wall time of a training step
 (forward + backward + optimizer step, after warm-up; a barrier before every step; each
 step's time is the slowest rank's). Plans are measured round-robin, so that load from
-other processes spreads over all plans alike. Prints a table, the Spearman rank
+other processes spreads over all plans alike, and a round (or a calibration) during which
+other processes used more than ``FOREIGN_MAX`` of the CPUs is dropped and redone (the
+machine is shared; the report says how many were dropped). The prediction is the plan's
+``predicted`` step plus two terms the planner does not price yet: the optimizer step
+(``cost_models.compute.optimizer_step_time``) and the runtime's communication-free
+layout calls (count in the generated program x ``CostModel.reshard_overhead_s``). Prints a table, the Spearman rank
 correlation (target >= 0.9) and the median absolute relative error (target <= 25%).
 
 Part 2 (``benchmarks/fidelity_published.py``, when present): ``run_published() -> bool``.
@@ -41,7 +46,9 @@ MEDIAN_ERROR_MAX = 0.25
 MODEL = (2, 256, 4, 2048)
 SHAPES = ((4, 64), (8, 64), (4, 128), (8, 128))  # (batch, seq)
 STRATEGIES = ("dp", "tp", "auto", "fsdp", "zero")
-WARMUP, ROUNDS, STEPS_PER_ROUND = 2, 8, 2
+WARMUP, ROUNDS, STEPS_PER_ROUND, MAX_ROUNDS = 2, 8, 2, 24
+# Samples taken while other processes used more than this share of the CPUs are dropped.
+FOREIGN_MAX, CALIBRATION_TRIES = 0.10, 3
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -145,6 +152,47 @@ def _rank_main(rank: int, nproc: int, port: int, out: Any) -> None:
     os._exit(code)
 
 
+class _ForeignMeter:
+    """CPU time other processes used while we measured, as a fraction of the machine.
+
+    Every rank calls ``start``/``stop`` together: machine-wide busy time (/proc/stat, read
+    by rank 0) minus the CPU time of all ranks (summed), over wall time x CPUs. Samples
+    taken while someone else's job shared the cores are discarded by the callers."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.t0 = (0.0, 0.0, 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        busy = 0.0
+        if self.rank == 0:
+            try:
+                with open("/proc/stat", encoding="ascii") as f:
+                    vals = [int(x) for x in f.readline().split()[1:]]
+                busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                busy = float("nan")
+        return time.perf_counter(), busy, time.process_time()
+
+    def start(self) -> None:
+        self.t0 = self._now()
+
+    def stop(self) -> float:
+        import torch
+        import torch.distributed as dist
+
+        t1 = self._now()
+        wall, busy, own = (b - a for a, b in zip(self.t0, t1))
+        if self.rank != 0:
+            wall = busy = 0.0
+        agreed = torch.tensor([wall, busy, own], dtype=torch.float64)
+        dist.all_reduce(agreed)
+        wall, busy, own = agreed.tolist()
+        if busy != busy:  # no /proc/stat: cannot tell, count the sample as clean
+            return 0.0
+        return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
 def _measure(rank: int, nproc: int) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
@@ -157,11 +205,20 @@ def _measure(rank: int, nproc: int) -> dict[str, Any]:
     from cost_models import ClusterSpec, CostModel
     from cost_models.calibrate import run_calibration
 
-    cal = run_calibration()
+    meter = _ForeignMeter(rank)
+    attempts: list[tuple[float, int, Any]] = []
+    for _ in range(CALIBRATION_TRIES):  # keep the calibration least disturbed by others
+        meter.start()
+        cal = run_calibration()
+        attempts.append((meter.stop(), len(attempts), cal))
+        if attempts[-1][0] <= FOREIGN_MAX:
+            break
+    foreign_cal, _, cal = min(attempts, key=lambda a: (a[0], a[1]))
     mesh = MeshSpec.of(nproc)
     cm = CostModel(ClusterSpec.cpu(nproc), mesh, profile=cal.profile)
     skipped = [s for s in STRATEGIES if s not in PRESETS]
-    runs, seen = [], {}
+    runs: list[dict[str, Any]] = []
+    seen: dict[Any, str] = {}
     for batch, seq in SHAPES:
         for strategy in (s for s in STRATEGIES if s in PRESETS):
             model, args, kwargs = _gpt(batch, seq)
@@ -191,15 +248,22 @@ def _measure(rank: int, nproc: int) -> dict[str, Any]:
     for r in live:
         for _ in range(WARMUP):
             step(r)
-    for _ in range(ROUNDS):
-        for r in live:
-            r["times"].extend(step(r) for _ in range(STEPS_PER_ROUND))
-    flat = torch.tensor([t for r in live for t in r["times"]], dtype=torch.float64)
-    dist.all_reduce(flat, op=dist.ReduceOp.MAX)
-    per = ROUNDS * STEPS_PER_ROUND
+    kept: list[list[float]] = []  # one row of step times per kept round
+    dropped: list[list[float]] = []
+    for _ in range(MAX_ROUNDS):
+        meter.start()
+        times = [step(r) for r in live for _ in range(STEPS_PER_ROUND)]
+        foreign = meter.stop()
+        agreed = torch.tensor(times, dtype=torch.float64)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)  # a step lasts until the slowest rank
+        (kept if foreign <= FOREIGN_MAX else dropped).append(agreed.tolist())
+        if len(kept) >= ROUNDS:
+            break
+    noisy = len(kept) < ROUNDS // 2
+    used = kept + dropped if noisy else kept
     rows = []
     for i, r in enumerate(live):
-        times = flat[i * per : (i + 1) * per].tolist()
+        times = [row[i * STEPS_PER_ROUND + k] for row in used for k in range(STEPS_PER_ROUND)]
         p = r["plan"].predicted
         rows.append({"label": r["label"],
                      "predicted_s": predicted_seconds(r["plan"]) + r["opt_s"] + r["fw_s"],
@@ -208,7 +272,14 @@ def _measure(rank: int, nproc: int) -> dict[str, Any]:
                      "measured_s": statistics.median(times),
                      "collectives": dict(r["plan"].collectives())})  # fmt: skip
     dups = [(r["label"], r["same_as"]) for r in runs if "same_as" in r]
-    return {"table": cal.table(), "rows": rows, "skipped": skipped, "duplicates": dups}
+    hygiene = (
+        f"other processes' CPU share: {foreign_cal:.0%} during calibration (attempt "
+        f"{len(attempts)} of at most {CALIBRATION_TRIES}); rounds kept {len(kept)}, "
+        f"dropped {len(dropped)} (> {FOREIGN_MAX:.0%})"
+        + ("; too few quiet rounds, ALL rounds used: timings are noisy" if noisy else "")
+    )
+    return {"table": cal.table(), "rows": rows, "skipped": skipped, "duplicates": dups,
+            "hygiene": hygiene}  # fmt: skip
 
 
 def _busy_fraction(window_s: float = 2.0) -> float | None:
@@ -288,6 +359,7 @@ def run_local(nproc: int = 2, timeout: float = 600.0, quiet_wait_s: float = 300.
     print(f"model: GPT-2, {layers} layers, hidden {hidden}, {heads} heads, vocab {vocab}; SGD")
     report = _spawn(nproc, timeout)
     print(report["table"])
+    print(report["hygiene"])
     for s in report["skipped"]:
         print(f"skipped strategy {s!r}: not a preset of this autopar yet (autopar.solve.presets)")
     for label, same in report["duplicates"]:

@@ -17,6 +17,9 @@ is given its measured figures replace the device table's (``Profile.apply``). Me
   reductions, FSDP/ZeRO gathers) can run: ``GPU_OVERLAP`` on GPUs, where NCCL runs on
   its own stream and FSDP/DDP prefetch and bucket them; 0 on CPU, where gloo
   collectives run synchronously. ``comm_overlap`` overrides it.
+- ``interference``: the share of an overlapped collective's time still paid, because its
+  kernels slow the compute they share the GPU with (``GPU_INTERFERENCE``; 0 when nothing
+  overlaps).
 
 ``CostModel.default_for(mesh)`` is the model used when the user names no cluster: one
 node of CPU processes, one per mesh device.
@@ -40,6 +43,7 @@ from cost_models.profile import Profile
 
 AxisRef = int | str
 GPU_OVERLAP = 0.8
+GPU_INTERFERENCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class CostModel:
         if self.comm_overlap is not None:
             return v.fraction("comm_overlap", self.comm_overlap) if self.comm_overlap else 0.0
         return 0.0 if self.device.is_cpu else GPU_OVERLAP
+
+    @property
+    def interference(self) -> float:
+        return GPU_INTERFERENCE if self.overlap > 0 else 0.0
 
     @property
     def device(self) -> DeviceSpec:

@@ -18,10 +18,13 @@ Edges may also carry memory: a constraint's ``edges`` add sum_{ab} m_{ab} e_{ab}
 left side (a gathered parameter copy held for backward depends on both ends).
 
 Overlap. Edges marked ``hidden`` (parameter collectives: gradient reductions and FSDP
-gathers) may run under compute. With overlap fraction g and per-strategy compute k_{u,i},
-their total H is charged only beyond g of the compute:
-    min  sum c x + sum_{not hidden} r e + T,   T >= H - g sum_{u,i} k_{u,i} x_{u,i},  T >= 0,
-which is exact for step = compute + comm + max(0, H - g * compute).
+gathers) may run under compute. With overlap fraction g, interference d (the share of a
+hidden collective's time it still costs by slowing the compute it overlaps) and
+per-strategy compute k_{u,i}, their total H is charged d*H plus what exceeds g of the
+compute:
+    min  sum c x + sum_{not hidden} r e + d H + T,
+    T >= H - g sum_{u,i} k_{u,i} x_{u,i},  T >= 0,
+which is exact for step = compute + comm + d H + max(0, H - g * compute).
 Costs are scaled to microseconds. HiGHS is used when highspy is installed, CBC
 otherwise; a solve cut short by the time limit is reported as such, never as optimal.
 """
@@ -66,6 +69,7 @@ class Problem:
     ties: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
     compute: dict[str, list[float]] = field(default_factory=dict)  # node -> compute seconds
     overlap: float = 0.0  # fraction of compute that hidden edges may run under
+    interference: float = 0.0  # share of hidden time still charged (see the docstring)
 
 
 def _root(problem: Problem, v: str) -> tuple[str, list[int]]:
@@ -106,7 +110,9 @@ def untie(problem: Problem) -> tuple[Problem, dict[str, tuple[str, list[int]]]]:
     constraints = [
         Constraint(c.name, fold(c.weights), c.limit, c.edges) for c in problem.constraints
     ]
-    reduced = Problem(costs, edges, constraints, {}, fold(problem.compute), problem.overlap)
+    reduced = Problem(
+        costs, edges, constraints, {}, fold(problem.compute), problem.overlap, problem.interference
+    )
     return reduced, {v: rf for v, rf in roots.items() if v != rf[0]}
 
 
@@ -135,7 +141,7 @@ def objective(problem: Problem, choice: dict[str, int]) -> float:
             total += r
     if hidden:
         compute = sum(k[choice[u]] for u, k in problem.compute.items())
-        total += max(0.0, hidden - problem.overlap * compute)
+        total += problem.interference * hidden + max(0.0, hidden - problem.overlap * compute)
     return total
 
 
@@ -290,6 +296,11 @@ def _solve(problem: Problem, time_limit: float, tie_break: float) -> Solution:
             - pulp.lpSum(v * c for v, c in budget if c) - budget_const
         )  # fmt: skip
         objective_terms = objective_terms + t
+        if problem.interference:
+            d = problem.interference
+            objective_terms += (
+                pulp.lpSum(v * (c * d) for v, c in hidden_terms if c) + d * hidden_const
+            )
     prob += objective_terms
     solver, solver_name = _backend(time_limit)
     with _quiet_stdout():  # highspy prints a banner from C++ before it reads output_flag

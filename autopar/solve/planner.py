@@ -7,7 +7,8 @@ memory constraint of ``solve.memory`` (budget: ``memory_budget`` bytes, else the
 model's device memory x 0.9 headroom), solves the ILP (``solve.ilp``, whose docstring
 states the math) and expands the canonical choice back to every node. Parameter
 collectives (gradient reductions, parameter gathers) may hide under compute up to the
-cost model's ``overlap`` fraction; the rest of the communication is exposed.
+cost model's ``overlap`` fraction, still paying its ``interference`` share; the rest of
+the communication is exposed.
 
 When no plan fits the budget, ``PlanInfeasibleError`` (a ValueError) reports the
 smallest peak memory per device any plan reaches, its breakdown, the budget and what to
@@ -152,7 +153,10 @@ def build_problem(
     if budget is not None:
         held_edges = {k: mm for k, mm in enumerate(edge_memory) if any(any(r) for r in mm)}
         constraints.append(Constraint("memory", memory, budget, held_edges))
-    problem = Problem(costs, edges, constraints, follower_ties(graph, canon), compute, cm.overlap)
+    problem = Problem(
+        costs, edges, constraints, follower_ties(graph, canon), compute, cm.overlap,
+        cm.interference,
+    )  # fmt: skip
     return problem, memory, edge_memory
 
 
@@ -319,7 +323,7 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
         reshards.append(ReshardPlan(e.src, e.out_index, e.dst, e.slot, src_layout, dst_layout,
                                     grad_layout, colls, seconds))  # fmt: skip
     visible = exposed + kernel_comm
-    exposed = visible + max(0.0, hidden - cm.overlap * compute)
+    exposed = visible + cm.interference * hidden + max(0.0, hidden - cm.overlap * compute)
     step = compute + exposed
     mem = _memory_of(ctx, canon, choice)
     devices = graph.mesh.num_devices

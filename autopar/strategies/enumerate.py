@@ -79,8 +79,8 @@ def free_strategies(
     meta: TensorMeta, sizes: tuple[int, ...], allow_shard: bool, param: bool = False
 ) -> list[Strategy]:
     """Layouts for a graph input or parameter: replicated, or sharded on any dims. A
-    sharded parameter layout comes twice: kept gathered through backward (ZeRO-2), then
-    re-gathered in backward (FSDP, ``regather``)."""
+    sharded parameter layout comes twice: re-gathered in backward (FSDP, ``regather``),
+    then kept gathered through backward (ZeRO-2)."""
     options: list[list[Placement]] = []
     for _ in sizes:
         axis_opts: list[Placement] = [R]
@@ -91,10 +91,11 @@ def free_strategies(
     for layout in itertools.product(*options):
         if _divides(meta, layout, sizes):
             found.append(Strategy((), (tuple(layout),), (), 1, ()))
-    if param:
-        found += [
-            Strategy((), s.outs, (), 1, (), regather=True)
-            for s in list(found)
-            if any(isinstance(p, Shard) for p in s.outs[0])
-        ]
+    if param:  # re-gathering first: among equally fast plans the solver keeps less memory
+        sharded = [s for s in found if any(isinstance(p, Shard) for p in s.outs[0])]
+        found = (
+            [s for s in found if s not in sharded]
+            + [Strategy((), s.outs, (), 1, (), regather=True) for s in sharded]
+            + sharded
+        )
     return found

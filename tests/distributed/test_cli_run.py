@@ -14,4 +14,19 @@ def test_run_check_passes() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "check passed" in proc.stdout
-    assert "step 1: loss" in proc.stdout
+    assert "step 1: loss" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_run_check_pipeline_and_mismatch_exit_codes() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "autopar", "run", "gpt2-tiny", "--nproc", "2", "--steps", "2",
+         "--mesh", "pp=2", "--check", "--timeout", "180"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "check passed" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "autopar", "run", "gpt2-tiny", "--nproc", "2", "--mesh", "dp=4"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr

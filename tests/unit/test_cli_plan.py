@@ -88,7 +88,7 @@ def test_bad_usage_exits_2_with_one_paragraph(argv, needle, capsys) -> None:
 
 
 def test_every_command_has_help_with_examples(capsys) -> None:
-    for command in ("plan", "explain", "diff", "emit", "run"):
+    for command in ("plan", "explain", "diff", "emit", "run", "calibrate"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

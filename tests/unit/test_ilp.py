@@ -68,7 +68,7 @@ def _random_problem(seed: int) -> Problem:
         constraints.append(Constraint("mem", weights, lo + 0.4 * (hi - lo), edge_mem))
     compute = {u: [rng.uniform(0.0, 1e-3) for _ in cs] for u, cs in costs.items()}
     overlap = 0.8 if seed % 2 == 1 else 0.0
-    return Problem(costs, edges, constraints, {}, compute, overlap)
+    return Problem(costs, edges, constraints, {}, compute, overlap, 0.1 if seed % 4 == 1 else 0.0)
 
 
 def _feasible(problem: Problem, choice: dict[str, int]) -> bool:

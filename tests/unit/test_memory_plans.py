@@ -114,6 +114,7 @@ def test_llama_7b_on_8xa100_40gb_shards_parameters() -> None:
 
 def test_gpt2_small_on_8xh100_is_not_fully_sharded() -> None:
     modes = _plan("gpt2", "8xH100").param_modes()
+    assert "fsdp" not in modes.values(), modes
     assert list(modes.values()).count("replicated") > len(modes) // 2, modes
 
 
