@@ -45,9 +45,9 @@ from autopar.mesh import MeshSpec  # noqa: E402
 from autopar.solve.graph import build_graph  # noqa: E402
 from autopar.solve.ilp import solve  # noqa: E402
 from autopar.solve.layers import canonical_map  # noqa: E402
-from autopar.solve.planner import _Context, _expand, build_problem  # noqa: E402
-from autopar.solve.saved import saved_values  # noqa: E402
+from autopar.solve.planner import Pricing, _expand, build_problem  # noqa: E402
 from autopar.solve.presets import restrict  # noqa: E402
+from autopar.solve.saved import saved_values  # noqa: E402
 
 STRATEGY = "auto"
 CLUSTER = "8xH100"
@@ -150,7 +150,7 @@ def plan_rows(case: ModelCase, meshes: tuple[dict[str, int], ...], time_limit: f
             _, row.restrict_s = _timed(restrict, graph, STRATEGY)
             canon, row.canon_s = _timed(canonical_map, graph)
             budget = cm.memory_budget_bytes()
-            ctx, saved_s = _timed(lambda: _Context(graph, cm, saved_values(graph), "adamw"))
+            ctx, saved_s = _timed(lambda: Pricing(graph, cm, saved_values(graph), "adamw"))
             (problem, _, _), row.price_s = _timed(build_problem, ctx, canon, budget)
             row.price_s += saved_s
             solution, row.solve_s = _timed(solve, problem, time_limit=time_limit)

@@ -61,8 +61,8 @@ def explain_all(plan: Plan, top: int | None) -> None:
 def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
     """Every strategy of node ``name`` priced against its neighbours' chosen layouts."""
     from autopar.cli.planning import rebuild
-    from autopar.cost import edge_collectives, node_seconds
     from autopar.solve.graph import build_graph
+    from autopar.solve.planner import Pricing
     from autopar.solve.presets import restrict
 
     captured, cm = rebuild(plan)
@@ -74,37 +74,46 @@ def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
     allowed = build_graph(captured, plan.mesh)
     try:
         restrict(allowed, plan.strategy)
-        kept = {(s.ins, s.outs, s.grads) for s in allowed.nodes[name].strategies}
+        kept = {(s.ins, s.outs, s.grads, s.regather) for s in allowed.nodes[name].strategies}
     except ValueError:
-        kept = {(s.ins, s.outs, s.grads) for s in graph.nodes[name].strategies}
-    node, sizes = graph.nodes[name], plan.mesh.sizes
+        kept = {(s.ins, s.outs, s.grads, s.regather) for s in graph.nodes[name].strategies}
+    node = graph.nodes[name]
+    pricing = Pricing.of(graph, cm, plan.predicted.optimizer)
 
-    def price(groups: tuple[list[Any], list[Any]]) -> float:
+    def price(groups: tuple[list[Any], ...]) -> float:
         return sum(cm.collective_time(c.kind, c.nbytes, c.axis) for g in groups for c in g)
+
+    def as_planned(nname: str) -> Any:
+        """The strategy the plan chose for a neighbour."""
+        p = plan.node(nname)
+        options = graph.nodes[nname].strategies
+        key = (p.ins, p.outs, p.grads)
+        exact = [s for s in options if (s.ins, s.outs, s.grads) == key
+                 and s.regather == p.reshard_after_forward]  # fmt: skip
+        return (exact or [s for s in options if (s.ins, s.outs, s.grads) == key] or options)[0]
 
     chosen = plan.node(name)
     out = []
     for s in node.strategies:
-        compute = (
-            node_seconds(cm, node.op, node.family, s, node.requires_grad)
-            if node.kind == "op" and node.op is not None
-            else 0.0
-        )
+        compute = pricing.compute(node, s) + pricing.kernel_seconds(s)
         r_in = r_out = 0.0
         for e in graph.edges:
             if e.dst == name and e.src in graph.nodes:
                 src = graph.nodes[e.src]
-                r_in += price(edge_collectives(plan.node(e.src).outs[e.out_index], s.ins[e.slot], s.grads[e.slot],
-                                               src.out_metas[e.out_index], src.requires_grad, sizes))  # fmt: skip
+                r_in += price(
+                    pricing.edge(src, as_planned(e.src), e.out_index, name, e.slot, s)[:2]
+                )
             elif e.src == name:
-                d = plan.node(e.dst)
-                r_out += price(edge_collectives(s.outs[e.out_index], d.ins[e.slot], d.grads[e.slot],
-                                                node.out_metas[e.out_index], node.requires_grad, sizes))  # fmt: skip
+                r_out += price(
+                    pricing.edge(node, s, e.out_index, e.dst, e.slot, as_planned(e.dst))[:2]
+                )
         out.append({
             "ins": s.ins, "outs": s.outs, "grads": s.grads, "kernel": s.kernel, "compute_s": compute,
             "reshard_in_s": r_in, "reshard_out_s": r_out, "total_s": compute + r_in + r_out,
-            "chosen": (s.ins, s.outs, s.grads) == (chosen.ins, chosen.outs, chosen.grads),
-            "allowed": (s.ins, s.outs, s.grads) in kept,
+            "memory_bytes": pricing.memory(node, s).total, "regather": s.regather,
+            "chosen": (s.ins, s.outs, s.grads) == (chosen.ins, chosen.outs, chosen.grads)
+            and s.regather == chosen.reshard_after_forward,
+            "allowed": (s.ins, s.outs, s.grads, s.regather) in kept,
         })  # fmt: skip
     return sorted(out, key=lambda a: (not a["chosen"], a["total_s"]))
 
@@ -136,12 +145,13 @@ def explain_node(plan: Plan, name: str) -> None:
         "reshards in",
         "reshards out",
         "total",
+        "memory",
         "why not",
     ):
         t.add_column(
             col,
             justify="right"
-            if col in ("compute", "reshards in", "reshards out", "total")
+            if col in ("compute", "reshards in", "reshards out", "total", "memory")
             else "left",
         )
     for a in alts:
@@ -158,11 +168,20 @@ def explain_node(plan: Plan, name: str) -> None:
                 "reshard_out_s": "reshards out",
             }
             delta = a["total_s"] - base["total_s"]
-            why = (f"+{fmt_s(delta)}, mostly {label[worst[0]]} (+{fmt_s(worst[1])})" if delta > 0
-                   else "no worse here; loses elsewhere (tie-break or shared layer)")  # fmt: skip
+            more = a["memory_bytes"] - base["memory_bytes"]
+            if delta > 0:
+                why = f"+{fmt_s(delta)}, mostly {label[worst[0]]} (+{fmt_s(worst[1])})"
+            elif more > 0 and plan.predicted.memory_budget_bytes:
+                why = f"as fast or faster here, but +{more / 2**20:,.1f} MiB per device (budget)"
+            else:
+                why = (
+                    "no worse here; loses elsewhere (tie-break, shared layer or the overlap budget)"
+                )
+        if a.get("regather") and any(str(p) != "R" for lay in a["outs"] for p in lay):
+            why += "  [FSDP: gathered again in backward]"
         t.add_row("*" if a["chosen"] else "", _lays(a["ins"]), _lays(a["outs"]), _lays(a["grads"]),
                   fmt_s(a["compute_s"]), fmt_s(a["reshard_in_s"]), fmt_s(a["reshard_out_s"]),
-                  fmt_s(a["total_s"]), why)  # fmt: skip
+                  fmt_s(a["total_s"]), f"{a['memory_bytes'] / 2**20:,.1f} MiB", why)  # fmt: skip
     _console().print(t)
 
 

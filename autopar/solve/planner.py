@@ -74,7 +74,11 @@ class _CollectivePrices:
 
 
 @dataclass
-class _Context:
+class Pricing:
+    """Prices of one planning graph under one cost model: each node strategy's compute
+    and memory, each edge's collectives and held gather. The planner, ``autopar explain``
+    and the benchmarks all price through it, so their figures agree."""
+
     graph: PlanGraph
     cm: CostModel
     saved: Saved
@@ -82,6 +86,13 @@ class _Context:
 
     def input_grads(self, node: PNode) -> tuple[bool, ...]:
         return tuple(self.graph.nodes[s].requires_grad for s, _ in node.inputs)
+
+    @staticmethod
+    def of(graph: PlanGraph, cm: CostModel, optimizer: str = "adamw") -> Pricing:
+        return Pricing(graph, cm, saved_values(graph), optimizer)
+
+    def kernel_seconds(self, s: Strategy) -> float:
+        return sum(self.cm.collective_time(c.kind, c.nbytes, c.axis) for c in kernel_collectives(s))
 
     def compute(self, node: PNode, s: Strategy) -> float:
         if node.kind != "op" or node.op is None:
@@ -108,7 +119,7 @@ class _Context:
 
 
 def build_problem(
-    ctx: _Context, canon: dict[str, str], budget: float | None
+    ctx: Pricing, canon: dict[str, str], budget: float | None
 ) -> tuple[Problem, dict[str, list[float]], list[list[list[float]]]]:
     """The ILP, plus the memory weights (per node, per edge) it constrains."""
     graph, cm = ctx.graph, ctx.cm
@@ -208,7 +219,7 @@ def make_plan(
         )
     restrict(graph, strategy)
     canon = canonical_map(graph)
-    ctx = _Context(graph, cm, saved_values(graph), optimizer)
+    ctx = Pricing.of(graph, cm, optimizer)
     problem, memory, edge_memory = build_problem(ctx, canon, budget)
     start = time.perf_counter()
     try:
@@ -255,7 +266,7 @@ def _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy):  # 
     )
 
 
-def _memory_of(ctx: _Context, canon: dict[str, str], choice: dict[str, int]) -> TrainingMemory:
+def _memory_of(ctx: Pricing, canon: dict[str, str], choice: dict[str, int]) -> TrainingMemory:
     graph = ctx.graph
     chosen = {n: graph.nodes[n].strategies[choice[canon[n]]] for n in graph.nodes}
     total = TrainingMemory()
