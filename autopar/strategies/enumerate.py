@@ -70,8 +70,17 @@ def combine(
     return list(found.values())
 
 
+def _trivial(s: AxisStrategy) -> bool:
+    return all(p is None or isinstance(p, Replicate) for p in (*s.ins, *s.outs))
+
+
 def node_strategies(op: OpView, sizes: tuple[int, ...], rule: Rule) -> list[Strategy]:
     per_axis = [rule(op, n) for n in sizes]
+    # an axis of size 1 splits nothing: only its replicated strategy is worth a variable
+    per_axis = [
+        [s for s in opts if _trivial(s)] or opts if n == 1 else opts
+        for opts, n in zip(per_axis, sizes)
+    ]
     return combine(op, sizes, per_axis)
 
 
@@ -82,9 +91,9 @@ def free_strategies(
     sharded parameter layout comes twice: re-gathered in backward (FSDP, ``regather``),
     then kept gathered through backward (ZeRO-2)."""
     options: list[list[Placement]] = []
-    for _ in sizes:
+    for n in sizes:
         axis_opts: list[Placement] = [R]
-        if allow_shard:
+        if allow_shard and n > 1:
             axis_opts += [Shard(d) for d in range(meta.ndim)]
         options.append(axis_opts)
     found = []
