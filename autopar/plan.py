@@ -68,8 +68,11 @@ class ReshardPlan:
 class Predicted:
     """The cost model's forecast for one training step on each device.
 
-    step_time_s = compute_s + exposed_comm_s, where exposed_comm_s is the communication
-    not hidden under compute (parameter collectives may overlap; see solve.ilp). memory is
+    step_time_s = compute_s + exposed_comm_s + optimizer_s + framework_s, where
+    exposed_comm_s is the communication not hidden under compute (parameter collectives
+    may overlap; see solve.ilp), optimizer_s the optimizer step over the local shards and
+    framework_s the runtime's per-reshard-call overhead (calibrated; 0 without a profile).
+    memory is
     the per-device breakdown (params, grads, optimizer_state, master_weights, activations,
     total) and memory_per_device_bytes its total."""
 
@@ -90,13 +93,18 @@ class Predicted:
     memory_per_device_bytes: int = 0
     memory_budget_bytes: int = 0
     optimizer: str = "adamw"
+    optimizer_s: float = 0.0
+    framework_s: float = 0.0
 
     @property
     def step_s(self) -> float:
         return self.step_time_s
 
 
-_PREDICTED_FLOATS = ("exposed_comm_s", "flops_per_step", "tflops_per_gpu", "mfu", "tokens_per_s")
+_PREDICTED_FLOATS = (
+    "exposed_comm_s", "flops_per_step", "tflops_per_gpu", "mfu", "tokens_per_s", "optimizer_s",
+    "framework_s",
+)  # fmt: skip
 _PREDICTED_INTS = ("tokens_per_step", "memory_per_device_bytes", "memory_budget_bytes")
 
 
@@ -128,12 +136,18 @@ class Plan:
         return {n.module: n.outs[0] for n in self.nodes if n.kind == "param"}
 
     def param_modes(self) -> dict[str, str]:
-        """How each parameter is held: "replicated", "sharded" (used where it is stored,
-        e.g. tensor parallel), "zero2" (gathered for use, kept until backward) or "fsdp"
-        (gathered for use, freed after forward, gathered again in backward)."""
-        gathered = {
-            r.src for r in self.reshards if any(c.phase == "forward" for c in r.collectives)
-        }
+        """How each parameter is held, by what the plan does with it: "replicated";
+        "sharded" (used where it is stored, e.g. tensor parallel); "zero2" (stored sharded,
+        gathered for use once per step, gradients reduce-scattered: ZeRO-2's memory and
+        traffic); "fsdp" (as zero2, but the gathered copy is freed after forward and
+        gathered again in backward: ZeRO-3 / FSDP)."""
+        gathered, regathered = set(), set()
+        for r in self.reshards:
+            phases = {(c.phase, c.kind) for c in r.collectives}
+            if any(ph == "forward" for ph, _ in phases):
+                gathered.add(r.src)
+                if ("backward", "all_gather") in phases:
+                    regathered.add(r.src)
         modes = {}
         for n in self.nodes:
             if n.kind != "param":
@@ -143,7 +157,7 @@ class Plan:
             elif n.name not in gathered:
                 modes[n.module] = "sharded"
             else:
-                modes[n.module] = "fsdp" if n.reshard_after_forward else "zero2"
+                modes[n.module] = "fsdp" if n.name in regathered else "zero2"
         return modes
 
     def collectives(self, phase: str | None = None) -> Counter[str]:

@@ -6,7 +6,7 @@ Contract:
   bandwidth ``bw`` to the ring terms of ``comm.ring_terms``: for every sample
   ``(kind, nbytes, seconds)`` (``nbytes`` = the FULL tensor, as everywhere in
   cost_models), ``seconds ~= steps * alpha + volume / bw``. It is a least-squares fit of
-  the RELATIVE residuals (times span orders of magnitude, so a 256-byte message weighs
+  the RELATIVE residuals (times span orders of magnitude, so a 1 KiB message weighs
   as much as a 4 MiB one); a negative alpha is clamped to 0 and the bandwidth refitted.
 - ``fit_rate(samples)`` (pure) fits ``seconds ~= overhead + work / rate`` the same way
   (matmul FLOPs, element-wise bytes).
@@ -14,27 +14,29 @@ Contract:
   input: fewer than 2 samples, one distinct size only, non-positive or non-finite
   times, negative sizes, unknown kinds, a group of fewer than 2 ranks, or times that do
   not grow with the size (no bandwidth can be fitted).
-- ``run_calibration(group=None, budget_s=8.0, path="dtensor")`` must be called on EVERY rank of an
-  initialised ``torch.distributed`` group (gloo on CPU, NCCL on GPU): all ranks run the
-  same benchmarks at the same time (so they share the machine as training ranks do),
-  each time is all-reduced to its maximum over ranks (the slowest rank bounds a step),
-  and every rank returns the same ``Calibration``: the raw samples, the fits and the
-  ``Profile``. It measures fp32 (and bf16 when it runs at a usable rate) matmul
+- ``run_calibration(group=None, budget_s=8.0, path="dtensor")`` must be called on EVERY
+  rank of an initialised ``torch.distributed`` group (gloo on CPU, NCCL on GPU): all
+  ranks run the same benchmarks at the same time (so they share the machine as training
+  ranks do), each time is all-reduced to its maximum over ranks (the slowest rank bounds
+  a step), and every rank returns the same ``Calibration``: the raw samples, the fits and
+  the ``Profile``. It measures fp32 (and bf16 when it runs at a usable rate) matmul
   throughput, element-wise memory bandwidth, the launch floor (one tiny op), the
   per-op framework overhead (a tiny op's forward and backward under autograd, priced
-  by ``autopar.cost`` as one node), and all_reduce, all_gather, reduce_scatter,
-  all_to_all and broadcast at several message sizes, and (path "dtensor") the cost of one
-  communication-free DTensor wrap/unwrap, forward and backward (``reshard_overhead_s``). ``path="dtensor"`` times each
-  collective as DTensor's ``redistribute`` issues it (autopar's runtime path: the fitted
-  alpha then includes that framework's per-call overhead, and on gloo its all_to_all
-  fallback); ``path="c10d"`` times the raw ``torch.distributed`` calls. Broadcast is raw
-  c10d either way. ``calibrate(...)`` returns just the Profile. Writing the file is the caller's job (rank 0 only).
+  by ``autopar.cost`` as one node), all_reduce, all_gather, reduce_scatter, all_to_all
+  and broadcast at several message sizes, and (path "dtensor") the cost of one
+  communication-free DTensor wrap/unwrap, forward and backward (``reshard_overhead_s``).
+  ``path="dtensor"`` times each collective as DTensor's ``redistribute`` issues it
+  (autopar's runtime path: the fitted alpha then includes that framework's per-call
+  overhead, and on gloo its all_to_all fallback); ``path="c10d"`` times the raw
+  ``torch.distributed`` calls. Broadcast is raw c10d either way. ``calibrate(...)``
+  returns just the Profile. Writing the file is the caller's job (rank 0 only).
 
 Profile mapping: ``intra_alpha``/``intra_bw`` come from the joint fit over all five
 collectives (on one node every axis is intra-node; ``inter_*`` stay unmeasured unless
 the group spans nodes, which this module does not detect), ``collectives`` keeps each
 kind's own fit, ``launch_floor_s`` is the per-op overhead (forward + backward, the way a
-planner node is priced), ``matmul_flops``/``mem_bw`` the fitted rates.
+planner node is priced), ``matmul_flops``/``mem_bw`` the fitted rates,
+``reshard_overhead_s`` the wrap/unwrap cost.
 """
 
 from __future__ import annotations

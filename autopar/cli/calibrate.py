@@ -1,6 +1,6 @@
 """``autopar calibrate``: measure this machine on N local ranks and write a Profile JSON.
 
-Contract: ``calibrate_on_ranks(nproc, budget_s, timeout, backend)`` spawns ``nproc``
+Contract: ``calibrate_on_ranks(nproc, budget_s, timeout, backend, path)`` spawns ``nproc``
 ranks (gloo on CPU; NCCL when asked, or by default when there is one GPU per rank),
 runs ``cost_models.calibrate.run_calibration`` on all of them and returns rank 0's
 ``Calibration``, or raises RuntimeError when a rank fails, a rank dies, or ``timeout``
@@ -27,12 +27,13 @@ from autopar.launch import _port
 
 
 def _rank_main(
-    rank: int, nproc: int, port: int, backend: str, budget_s: float, timeout: float, out: Any
+    rank: int, nproc: int, port: int, backend: str, cfg: tuple[float, float, str], out: Any
 ) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    budget_s, timeout, path = cfg
     code = 0
     try:
         if backend == "nccl":
@@ -41,7 +42,7 @@ def _rank_main(
                                 world_size=nproc, timeout=timedelta(seconds=timeout))  # fmt: skip
         from cost_models.calibrate import run_calibration
 
-        cal = run_calibration(budget_s=budget_s)
+        cal = run_calibration(budget_s=budget_s, path=path)
         # pickled here, so that a payload that cannot be sent fails this rank visibly
         out.put((rank, "ok", pickle.dumps(cal if rank == 0 else None)))
         out.close()
@@ -65,7 +66,11 @@ def _backend(name: str, nproc: int) -> str:
 
 
 def calibrate_on_ranks(
-    nproc: int, budget_s: float = 8.0, timeout: float = 120.0, backend: str = "auto"
+    nproc: int,
+    budget_s: float = 8.0,
+    timeout: float = 120.0,
+    backend: str = "auto",
+    path: str = "dtensor",
 ) -> Any:
     """Rank 0's ``Calibration`` from ``nproc`` freshly spawned ranks."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 2:
@@ -77,7 +82,9 @@ def calibrate_on_ranks(
     out = ctx.Queue()
     port = _port()
     procs = [
-        ctx.Process(target=_rank_main, args=(r, nproc, port, chosen, budget_s, timeout, out))
+        ctx.Process(
+            target=_rank_main, args=(r, nproc, port, chosen, (budget_s, timeout, path), out)
+        )
         for r in range(nproc)
     ]
     for p in procs:
@@ -123,7 +130,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"-o {args.output!r}: directory {out_dir!r} does not exist")
     try:
-        cal = calibrate_on_ranks(args.nproc, args.budget, args.timeout, args.backend)
+        cal = calibrate_on_ranks(args.nproc, args.budget, args.timeout, args.backend, args.path)
     except RuntimeError as err:
         print(f"autopar calibrate: {err}")
         return 1
@@ -144,4 +151,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--budget", type=float, default=8.0, help="seconds of measuring, roughly")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
     p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
+    p.add_argument("--path", default="dtensor", choices=["dtensor", "c10d"],
+                   help="time collectives as DTensor issues them (autopar's runtime) or raw")  # fmt: skip
     p.set_defaults(fn=cmd_calibrate)

@@ -27,19 +27,22 @@ from autopar.cost import (
     Collective,
     compute_seconds,
     edge_collectives,
+    grad_of,
     kernel_collectives,
     model_flops,
 )
 from autopar.mesh import MeshSpec
+from autopar.placement import R
 from autopar.plan import CollectivePlan, NodePlan, Plan, Predicted, ReshardPlan
 from autopar.solve.graph import PlanGraph, PNode, build_graph
 from autopar.solve.ilp import Constraint, EdgeTerm, InfeasibleError, Problem, solve
 from autopar.solve.layers import canonical_map
-from autopar.solve.memory import held_gather_bytes, node_memory
+from autopar.solve.memory import held_gather_bytes, local_bytes, node_memory
 from autopar.solve.presets import restrict
 from autopar.solve.saved import Saved, saved_values
 from autopar.strategies.types import Strategy
 from cost_models import CostModel, TrainingMemory
+from cost_models.compute import optimizer_step_time
 from cost_models.dtypes import dtype_key
 
 GiB = 2**30
@@ -117,6 +120,26 @@ class Pricing:
         held = held_gather_bytes(src, s_src, s_dst.ins[slot], saved_slot, sizes) if fwd else 0
         return fwd, bwd, held
 
+    def call_seconds(
+        self, src: PNode, s_src: Strategy, idx: int, s_dst: Strategy, slot: int
+    ) -> float:
+        """Runtime overhead of the ``reshard`` call ``codegen.lower`` inserts on this edge
+        (none where the value and its gradient already have the layouts needed)."""
+        if not self.cm.reshard_overhead_s:
+            return 0.0
+        full = tuple(R for _ in self.graph.mesh.sizes)
+        lay = full if src.kind == "input" else s_src.outs[idx]
+        dst, grad = s_dst.ins[slot], s_dst.grads[slot]
+        free = lay == dst and grad == grad_of(dst) and src.kind != "param" and lay == grad_of(lay)
+        return 0.0 if free else self.cm.reshard_overhead_s
+
+    def optimizer_seconds(self, node: PNode, s: Strategy) -> float:
+        """One optimizer step over this parameter's local shard."""
+        if node.kind != "param" or not node.requires_grad:
+            return 0.0
+        local = local_bytes(node.out_metas[0], s.outs[0], self.graph.mesh.sizes)
+        return optimizer_step_time(self.cm.device, local, 1, self.optimizer)
+
 
 def build_problem(
     ctx: Pricing, canon: dict[str, str], budget: float | None
@@ -134,7 +157,8 @@ def build_problem(
         m = mult[name]
         compute[name] = [m * ctx.compute(node, s) for s in node.strategies]
         costs[name] = [
-            c + m * price(kernel_collectives(s)) for c, s in zip(compute[name], node.strategies)
+            c + m * (price(kernel_collectives(s)) + ctx.optimizer_seconds(node, s))
+            for c, s in zip(compute[name], node.strategies)
         ]
         memory[name] = [m * ctx.memory(node, s).total for s in node.strategies]
     edge_mult: Counter[tuple[str, int, str, int]] = Counter()
@@ -154,7 +178,8 @@ def build_problem(
             row_c, row_m = [], []
             for b in range(len(v_rep)):
                 fwd, bwd, held = ctx.edge(src, u_rep[a], idx, v, slot, v_rep[b])
-                row_c.append(m * price(fwd, bwd))
+                call = 0.0 if param else ctx.call_seconds(src, u_rep[a], idx, v_rep[b], slot)
+                row_c.append(m * (price(fwd, bwd) + call))
                 row_m.append(float(m * held))
             cost.append(row_c)
             mem.append(row_m)
@@ -316,8 +341,12 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
         )  # fmt: skip
     reshards = []
     hidden = exposed = 0.0
+    framework = optimizer = 0.0
+    for name, node in graph.nodes.items():
+        optimizer += ctx.optimizer_seconds(node, chosen[name])
     for e in graph.edges:
         src, s_src, s_dst = graph.nodes[e.src], chosen[e.src], chosen[e.dst]
+        framework += ctx.call_seconds(src, s_src, e.out_index, s_dst, e.slot)
         src_layout = s_src.outs[e.out_index]
         dst_layout, grad_layout = s_dst.ins[e.slot], s_dst.grads[e.slot]
         fwd, bwd, _ = ctx.edge(src, s_src, e.out_index, e.dst, e.slot, s_dst)
@@ -335,7 +364,7 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
                                     grad_layout, colls, seconds))  # fmt: skip
     visible = exposed + kernel_comm
     exposed = visible + cm.interference * hidden + max(0.0, hidden - cm.overlap * compute)
-    step = compute + exposed
+    step = compute + exposed + optimizer + framework
     mem = _memory_of(ctx, canon, choice)
     devices = graph.mesh.num_devices
     tflops = flops / devices / step / 1e12 if step > 0 else 0.0
@@ -347,7 +376,7 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
         mfu=tflops * 1e12 / peak if peak else 0.0, tokens_per_step=tokens,
         tokens_per_s=tokens / step if step > 0 else 0.0, memory=mem.to_json(),
         memory_per_device_bytes=mem.total, memory_budget_bytes=int(budget),
-        optimizer=ctx.optimizer,
+        optimizer=ctx.optimizer, optimizer_s=optimizer, framework_s=framework,
     )  # fmt: skip
     return Plan(graph.mesh, strategy, str(cm.cluster), tuple(nodes), tuple(reshards), predicted,
                 tuple(graph.unknown_ops))  # fmt: skip

@@ -60,8 +60,9 @@ def test_zero2_holds_gathered_copies_fsdp_does_not(tiny_plans) -> None:
     zero, fsdp = tiny_plans["zero"], tiny_plans["fsdp"]
     assert zero.predicted.memory["activations"] > fsdp.predicted.memory["activations"]
     # (a parameter read by no batch-split op, like GPT-2's position table, is used where
-    # it is stored: "sharded")
-    assert set(fsdp.param_modes().values()) == {"fsdp", "sharded"}
+    # it is stored: "sharded"; a bias autograd does not save is never gathered again, so
+    # it behaves as "zero2" even under FSDP)
+    assert set(fsdp.param_modes().values()) == {"fsdp", "zero2", "sharded"}
     assert set(zero.param_modes().values()) == {"zero2", "sharded"}
     assert list(fsdp.param_modes().values()).count("fsdp") > len(fsdp.param_modes()) // 2
     # FSDP gathers again in backward: more all-gathers than ZeRO-2
@@ -75,7 +76,10 @@ def test_zero2_holds_gathered_copies_fsdp_does_not(tiny_plans) -> None:
 def test_predicted_figures_round_trip(tiny_plans) -> None:
     plan = tiny_plans["fsdp"]
     p = plan.predicted
-    assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s)
+    assert p.optimizer_s > 0  # AdamW over the local shards
+    assert p.step_time_s == pytest.approx(
+        p.compute_s + p.exposed_comm_s + p.optimizer_s + p.framework_s
+    )
     assert p.tokens_per_step == 4 * 16 and p.tokens_per_s > 0 and 0 < p.mfu < 1
     again = Plan.from_json(plan.to_json())
     assert again.predicted == p
@@ -113,9 +117,13 @@ def test_llama_7b_on_8xa100_40gb_shards_parameters() -> None:
 
 
 def test_gpt2_small_on_8xh100_is_not_fully_sharded() -> None:
-    modes = _plan("gpt2", "8xH100").param_modes()
+    # memory does not demand it, so no parameter is re-gathered in backward (ZeRO-3/FSDP);
+    # the cost model may still shard optimizer state and gradients (ZeRO-2: the same
+    # traffic as DDP's all-reduce and a sharded, faster optimizer step)
+    plan = _plan("gpt2", "8xH100")
+    modes = plan.param_modes()
     assert "fsdp" not in modes.values(), modes
-    assert list(modes.values()).count("replicated") > len(modes) // 2, modes
+    assert plan.collectives("backward")["all_gather"] == 0
 
 
 def test_70b_on_one_h100_fails_with_the_fix() -> None:
