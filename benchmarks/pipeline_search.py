@@ -1,52 +1,116 @@
 """Planning time of the 3D (pp x dp x tp) search on big shapes, on this machine.
 
-Prints, for a 70B LLaMA (80 layers) on 8x8xH100 and a GPT-3 175B-shaped model (96
-layers, hidden 12288, sequence 2048) on 128x8xA100-80GB, the capture and search
-seconds (limits: 60 s and 120 s) and the best meshes with predicted step times. The
-graphs are captured on the meta device with 2 blocks; ``search_3d(layers=...)`` prices
-the full depth from the repeated block.  Run: ``python3 -m benchmarks.pipeline_search``.
+For a 70B LLaMA (``examples/llama.py`` ``build("70b")``, 80 layers) on ``8x8xH100`` at
+global batch 64 x 4096 and a GPT-3 175B-shaped GPT-2 (96 layers, hidden 12288, 96 heads,
+sequence 2048, vocabulary 51200) on ``128x8xA100-80GB`` at global batch 1536, both built
+full depth on the meta device and cast to bf16 (mixed-precision training), it times
+``capture`` (torch.export of the whole model), ``plan3d.search`` (coarse ranking, then
+per-layer ILPs on each stage's submesh, stage DP, schedules) and ``plan3d.to_plan``.
+Limits: 60 s and 120 s for capture + search + plan. Building the module on meta is
+timed apart and not charged. ``pipeline_rows()`` is what ``benchmarks.planning_time``
+adds to its table. Run: ``python3 -m benchmarks.pipeline_search``.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-from autopar.capture import capture
-from autopar.pipeline.search import search_3d
-from cost_models import ClusterSpec
-
-CASES = [
-    ("llama-70b", "8x8xH100", 512, 4096, 80, 60.0,
-     lambda: LlamaForCausalLM(LlamaConfig(hidden_size=8192, intermediate_size=28672,
-                                          num_hidden_layers=2, num_attention_heads=64,
-                                          num_key_value_heads=8, vocab_size=32000,
-                                          use_cache=False))),
-    ("gpt3-175b", "128x8xA100-80GB", 1536, 2048, 96, 120.0,
-     lambda: GPT2LMHeadModel(GPT2Config(n_embd=12288, n_layer=2, n_head=96, vocab_size=51200,
-                                        n_positions=2048, use_cache=False))),
-]  # fmt: skip
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class PipelineCase:
+    label: str
+    key: str  # for --models
+    cluster: str
+    limit_s: float
+    build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]]
+
+
+def _llama_70b() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+    from examples.llama import build
+
+    model, args, kwargs = build("70b", device="meta", batch_size=64, seq_len=4096)
+    return model.to(torch.bfloat16), args, kwargs
+
+
+def _gpt3_175b() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_embd=12288, n_layer=96, n_head=96, vocab_size=51200, n_positions=2048,
+                     use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     attn_implementation="sdpa", loss_type="ForCausalLM")  # fmt: skip
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(cfg).to(torch.bfloat16)
+    ids = torch.empty((1536, 2048), dtype=torch.long, device="meta")
+    return model, (), {"input_ids": ids, "labels": ids}
+
+
+CASES = (
+    PipelineCase("LLaMA 70B", "llama70b", "8x8xH100", 60.0, _llama_70b),
+    PipelineCase("GPT-3 175B", "gpt3", "128x8xA100-80GB", 120.0, _gpt3_175b),
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    case: PipelineCase
+    build_s: float
+    capture_s: float
+    search_s: float
+    plan_s: float
+    nodes: int
+    plans_solved: int
+    ranked: Any
+    plan: Any
+
+    @property
+    def total_s(self) -> float:
+        return self.capture_s + self.search_s + self.plan_s
+
+
+def time_case(case: PipelineCase) -> Timing:
+    from autopar.capture import capture
+    from autopar.pipeline.plan3d import search, to_plan
+    from cost_models import ClusterSpec
+
     warnings.simplefilter("ignore")
-    for name, cluster, batch, seq, layers, limit, make in CASES:
-        start = time.perf_counter()
-        with torch.device("meta"):
-            model = make()
-        ids = torch.empty((1, seq), dtype=torch.long, device="meta")
-        cap = capture(model, (), {"input_ids": ids, "labels": ids})
-        ranked = search_3d(cap, ClusterSpec.parse(cluster), batch, layers=layers)
-        took = time.perf_counter() - start
-        verdict = "ok" if took <= limit else "OVER LIMIT"
-        print(f"{name} on {cluster}, batch {batch}: {took:.1f} s (limit {limit:.0f} s) {verdict}")
-        for c in ranked[:5]:
-            print(f"  {str(c.mesh):<32} m={c.microbatches:<5} step {c.step_s:8.3f} s  "
-                  f"bubble {c.bubble:.3f}  memory {c.memory_bytes / 2**30:6.1f} GiB")  # fmt: skip
+    t0 = time.perf_counter()
+    model, args, kwargs = case.build()
+    t1 = time.perf_counter()
+    captured = capture(model, args, kwargs)
+    t2 = time.perf_counter()
+    cluster = ClusterSpec.parse(case.cluster)
+    ranked = search(captured, cluster)
+    t3 = time.perf_counter()
+    plan = to_plan(ranked, captured, cluster)
+    t4 = time.perf_counter()
+    return Timing(case, t1 - t0, t2 - t1, t3 - t2, t4 - t3, len(captured.graph_module.graph.nodes),
+                  ranked.pricer.plans_solved, ranked, plan)  # fmt: skip
+
+
+def report(t: Timing) -> None:
+    verdict = "PASS" if t.total_s <= t.case.limit_s else "FAIL"
+    print(f"{t.case.label} on {t.case.cluster}: capture {t.capture_s:.1f} s + search "
+          f"{t.search_s:.1f} s + plan {t.plan_s:.2f} s = {t.total_s:.1f} s (limit "
+          f"{t.case.limit_s:.0f} s) {verdict}; {t.nodes} nodes, {t.plans_solved} layer ILPs "
+          f"(build on meta {t.build_s:.2f} s, not charged)", flush=True)  # fmt: skip
+    for c in t.ranked.candidates[:5]:
+        print(f"  {str(c.mesh):<30} m={c.microbatches:<4} {c.schedule:<16} step "
+              f"{c.step_s:8.3f} s  bubble {c.bubble:.3f}  memory "
+              f"{c.memory_bytes / 2**30:6.1f} GiB {'fits' if c.fits else 'OVER BUDGET'}")  # fmt: skip
+
+
+def main() -> int:
+    timings = [time_case(case) for case in CASES]
+    for t in timings:
+        report(t)
+    return 0 if all(t.total_s <= t.case.limit_s for t in timings) else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

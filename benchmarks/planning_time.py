@@ -14,6 +14,10 @@ timers:
 
 ``total = capture + strategy + solve + expand``. Targets (apply to the ``{"dp": 8}`` rows):
 GPT-2 small and BERT-base <= 3 s, LLaMA 7B <= 30 s; ``{"dp": 2, "tp": 4}`` rows are "info".
+The "3D" rows (``benchmarks.pipeline_search``; skip with ``--no-pipeline``, select with
+``--models llama70b gpt3``) time the pipeline search: LLaMA 70B on 8x8xH100 <= 60 s and
+a GPT-3 175B-shaped model on 128x8xA100-80GB <= 120 s; there "solve" is the whole 3D
+search (ILP vars column: layer ILPs solved) and "expand" the plan assembly.
 Capture is mesh-independent, so it runs once per model and its time is charged to both rows.
 
 Usage::
@@ -258,12 +262,44 @@ def print_table(rows: list[Row]) -> None:
             print(f"  {r.model} {r.mesh}: ops without a rule: {', '.join(r.extra['unknown_ops'])}")
 
 
+def pipeline_rows(models: list[str] | None) -> list[Row]:
+    """The 3D search's rows (``benchmarks.pipeline_search``): capture of the full-depth
+    model, then search (charged as solve) and ``to_plan`` (charged as expand)."""
+    from benchmarks.pipeline_search import CASES, report, time_case
+
+    rows = []
+    for case in CASES:
+        if models and case.key not in models:
+            continue
+        row = Row(case.label, f"3D {case.cluster}", case.limit_s)
+        try:
+            t = time_case(case)
+        except Exception as err:
+            row.error = f"{type(err).__name__}: {err}"[:200]
+            rows.append(row)
+            continue
+        report(t)
+        best = t.ranked.best
+        row.build_s, row.capture_s, row.solve_s, row.expand_s = (
+            t.build_s, t.capture_s, t.search_s, t.plan_s,
+        )  # fmt: skip
+        row.nodes, row.variables = t.nodes, t.plans_solved
+        row.status, row.solver = f"{best.mesh} m={best.microbatches}", best.schedule
+        row.extra["step_ms"] = best.step_s * 1e3
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="GPT-2 small only")
     parser.add_argument("--models", nargs="*", help="subset by example module: gpt2 bert llama")
     parser.add_argument("--time-limit", type=float, default=60.0, help="ILP time limit (s)")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the run and dump stats")
+    parser.add_argument(
+        "--no-pipeline", action="store_true",
+        help="skip the 3D-search rows (LLaMA 70B on 8x8xH100, GPT-3 175B on 128x8xA100-80GB)",
+    )  # fmt: skip
     parser.add_argument(
         "--repeat", type=int, default=1,
         help="plan each model N times in this process and report the fastest total per row "
@@ -290,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in case_rows:
             print_row(r)
         rows += case_rows
+    if not opts.quick and not opts.no_pipeline:
+        rows += pipeline_rows(opts.models)
     print()
     print_table(rows)
     if profiler:

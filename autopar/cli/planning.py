@@ -2,9 +2,14 @@
 
 Contract:
 - ``parse_strategy(text, devices)`` -> ``(strategy, mesh or None, pp)``: a preset name
-  (auto, dp, tp, fsdp, zero, pp) or a fixed mix ``tp=8,pp=4,dp=2`` whose degrees must
+  (auto, dp, tp, fsdp, zero, pp, 3d) or a fixed mix ``tp=8,pp=4,dp=2`` whose degrees must
   multiply to ``devices`` (else ValueError naming both); the mix's non-pp axes become the
   mesh and the placements on it are solved ("auto").
+- ``pp``, ``3d`` and mixes with ``pp > 1`` go through the 3D search (``plan_3d``,
+  ``autopar.pipeline.plan3d``): ``pp`` forces pipeline stages, ``3d`` searches every
+  pp x dp x tp, a mix fixes the degrees it names (axes pp, dp, tp only). The plan is the
+  representative block's intra-op plan with the whole pipeline step in ``predicted``
+  and the stages, schedule, microbatches and ranked runners-up in ``plan.pipeline``.
 - ``parse_bytes("40GB" | "38GiB" | "1e9")`` -> int bytes; ValueError on anything else.
 - ``Request`` holds how a plan is made; ``make(request)`` builds the model on the meta
   device, captures, plans and returns ``(plan, captured)`` with ``plan.source`` filled so
@@ -27,7 +32,8 @@ from autopar.mesh import MeshSpec
 from autopar.plan import Plan
 
 NO_BUDGET = 1 << 62  # bytes: plans priced without a memory limit
-PRESET_NAMES = ("auto", "dp", "tp", "fsdp", "zero", "pp")
+PRESET_NAMES = ("auto", "dp", "tp", "fsdp", "zero", "pp", "3d")
+PIPELINE_AXES = ("pp", "dp", "tp")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 
@@ -129,12 +135,46 @@ def prepare(req: Request) -> tuple[Any, str, MeshSpec, Any]:
     if mix is not None and req.mesh:
         raise ValueError(f"give either --mesh {req.mesh} or a fixed mix in --strategy, not both")
     mesh = mix or parse_mesh(req.mesh, cluster.num_devices)
-    if strategy == "pp" or pp > 1:
-        raise ValueError(
-            f"--strategy {req.strategy!r} asks for pipeline stages, which this build of autopar "
-            "cannot plan yet; use a mix without pp (e.g. tp=8,dp=2) or --strategy auto"
-        )
+    if pipelined(strategy, pp):
+        odd = [n for n in (mix.names if mix is not None else ()) if n not in PIPELINE_AXES]
+        if odd or (req.mesh and strategy in ("pp", "3d")):
+            raise ValueError(
+                f"--strategy {req.strategy!r}: a pipeline plan names its axes pp, dp and tp "
+                f"(got {', '.join(odd) or '--mesh ' + str(req.mesh)}); write e.g. "
+                "--strategy tp=8,pp=4,dp=2, or --strategy pp to let autopar choose"
+            )
+        mesh = MeshSpec.of(cluster.num_devices)  # the stages' submeshes come from the search
     return cluster, strategy, mesh, cost_model(cluster, mesh, req.profile)
+
+
+def pipelined(strategy: str, pp: int) -> bool:
+    """Whether a request goes through the 3D (pp x dp x tp) search."""
+    return strategy in ("pp", "3d") or pp > 1
+
+
+def plan_3d(captured: Any, cluster: Any, req: Request) -> Plan:
+    """The 3D search (``autopar.pipeline.plan3d``): ``pp`` forces pipeline stages, a
+    fixed mix fixes every degree it names, ``3d`` lets pp = 1 win."""
+    from autopar.pipeline.plan3d import search, to_plan
+    from autopar.solve.planner import PlanInfeasibleError
+
+    strategy, mix, pp = parse_strategy(req.strategy, cluster.num_devices)
+    fixed = None
+    if mix is not None:  # the degrees multiply to the cluster: all three are fixed
+        sizes = dict(mix.axes)
+        fixed = {"pp": pp, "dp": sizes.get("dp", 1), "tp": sizes.get("tp", 1)}
+    ranked = search(captured, cluster, strategy="pp" if strategy == "pp" else "auto",
+                    fixed=fixed, memory_budget=req.memory_budget)  # fmt: skip
+    best = ranked.best
+    if not best.fits:
+        raise PlanInfeasibleError(
+            f"no pipeline plan fits in memory: the smallest autopar finds (mesh {best.mesh}, "
+            f"{best.microbatches} microbatches, {best.schedule}) needs "
+            f"{best.memory_bytes / 2**30:.2f} GiB per device, but the budget is "
+            f"{ranked.budget / 2**30:.2f} GiB. Fix: use more devices, a smaller batch or "
+            "sequence, or a larger --memory-budget"
+        )
+    return to_plan(ranked, captured, cluster)
 
 
 def make(req: Request, captured: Any = None) -> tuple[Plan, Any, Any]:
@@ -143,7 +183,11 @@ def make(req: Request, captured: Any = None) -> tuple[Plan, Any, Any]:
     captured = (
         captured if captured is not None else capture_model(req.model, req.batch_size, req.seq_len)
     )
-    plan = plan_on(captured, mesh, strategy, cm, req.memory_budget)
+    _, _, pp = parse_strategy(req.strategy, cluster.num_devices)
+    if pipelined(strategy, pp):
+        plan = plan_3d(captured, cluster, req)
+    else:
+        plan = plan_on(captured, mesh, strategy, cm, req.memory_budget)
     source = {**dataclasses.asdict(req), "cluster": str(cluster), "mesh": mesh.to_json(),
               "batch_size": _batch(captured, req.batch_size), "seq_len": _seq(captured, req.seq_len)}  # fmt: skip
     return dataclasses.replace(plan, source=source), captured, cm

@@ -15,8 +15,9 @@ Contract:
   stage ``[i, j)`` costs ``cost(i, j)`` (forward + backward of one microbatch) plus
   ``p2p(j)`` to send the boundary activation after unit ``j-1``; ``memory(i, j, s)``
   bytes must fit ``memory_limit`` on stage ``s``. It enumerates the slowest-stage bound
-  over the distinct stage prices (pruned by a lower bound) and runs an exact DP under
-  each. ``InfeasibleError`` says which limit failed and by how much.
+  over the distinct stage prices from the least feasible one (found by bisection:
+  feasibility only grows with the bound; pruned by a lower bound) and runs an exact DP
+  under each. ``InfeasibleError`` says which limit failed and by how much.
 """
 
 from __future__ import annotations
@@ -164,10 +165,19 @@ def partition(
     lower_sum = min(sum(price[i][i + 1] for i in range(n)), price[0][n])
     candidates = sorted({price[i][j] for i in range(n) for j in range(i + 1, n + 1)})
     floor = max(price[i][i + 1] for i in range(n))
+    candidates = [t for t in candidates if t >= floor]
+    # feasibility only grows with the bound: bisect for the least feasible one first
+    lo, hi = 0, len(candidates)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        t = candidates[mid]
+        ok = (
+            _greedy_stages(n, price, t) <= num_stages
+            and _min_sum(n, num_stages, price, t, fits) is not None
+        )
+        lo, hi = (lo, mid) if ok else (mid + 1, hi)
     best: tuple[float, list[tuple[int, int]]] | None = None
-    for t_max in candidates:
-        if t_max < floor:
-            continue
+    for t_max in candidates[lo:]:
         if best is not None and (m - 1) * t_max + lower_sum >= best[0]:
             break
         if _greedy_stages(n, price, t_max) > num_stages:

@@ -29,7 +29,12 @@ _SIZED = {
     _aten.expand.default, _aten.new_empty.default, _aten.new_zeros.default,
     _aten.new_ones.default, _aten.new_full.default,
 }  # fmt: skip
-_FACTORIES = {_aten.full.default, _aten.zeros.default, _aten.ones.default, _aten.empty.memory_format}
+_FACTORIES = {
+    _aten.full.default,
+    _aten.zeros.default,
+    _aten.ones.default,
+    _aten.empty.memory_format,
+}
 
 
 class RebatchError(ValueError):
@@ -47,9 +52,9 @@ def batch_of(captured: Captured) -> int:
 def _meta(val: Any, old: int | None = None, new: int | None = None) -> Any:
     if not isinstance(val, torch.Tensor):
         return val
-    shape = list(val.shape)
-    if old is not None and shape and shape[0] == old:
-        shape[0] = new  # type: ignore[call-overload]
+    shape = [int(d) for d in val.shape]
+    if old is not None and new is not None and shape and shape[0] == old:
+        shape[0] = new
     return torch.empty(shape, dtype=val.dtype, device="meta")
 
 

@@ -12,7 +12,7 @@ forward or backward of one microbatch on one stage). Kinds:
 machine (a rank runs one action at a time; a forward of stage ``s`` waits for the
 forward of stage ``s-1`` plus ``p2p_s``; a backward waits for the backward of stage
 ``s+1`` plus ``p2p_s``, or for its own forward on the last stage) and returns the step
-time, each rank's bubble fraction and each rank's peak number of microbatches whose
+time, each rank's bubble fraction, when each rank finishes, and each rank's peak number of microbatches whose
 forward has run but whose backward has not (the activations it holds).
 ``bubble_theory`` gives the textbook figure ``(p-1)/(v*m + p-1)``. Pure Python, no torch.
 """
@@ -57,6 +57,7 @@ class Simulation:
     busy_s: tuple[float, ...]  # per rank
     bubble: tuple[float, ...]  # per rank: idle fraction of the step
     peak_in_flight: tuple[int, ...]  # per rank, microbatches (summed over its stages)
+    finish_s: tuple[float, ...] = ()  # per rank: when its last action ends
 
     @property
     def bubble_fraction(self) -> float:
@@ -170,7 +171,7 @@ def simulate(
             raise ValueError(f"schedule {schedule.kind} deadlocks: waiting actions {stuck}")
     step = max(clock)
     bubble = tuple(1.0 - b / step if step > 0 else 0.0 for b in busy)
-    return Simulation(step, tuple(busy), bubble, tuple(peak))
+    return Simulation(step, tuple(busy), bubble, tuple(peak), tuple(clock))
 
 
 def _ready(a: Action, n: int, done: dict[tuple[str, int, int], float], p2p: float) -> float | None:

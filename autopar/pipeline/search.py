@@ -24,7 +24,8 @@ with depth):
   x its fp32 boundary bytes; 8.5 is Megatron's 34·s·b·h bytes of
   16-bit activations per layer). Candidates over ``cm.memory_budget_bytes()`` are dropped.
 It returns the ``Candidate``s sorted by predicted step time (the first is the plan,
-the rest are the runners-up). ``InfeasibleError`` when nothing fits, saying by how much.
+the rest are the runners-up). ``InfeasibleError`` when nothing fits, saying by how much;
+``memory_filter=False`` keeps the candidates over budget (a coarse ranking to refine).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def search_3d(
     dtype: str = "bf16",
     fixed: dict[str, int] | None = None,
     top: int = 10,
+    memory_filter: bool = True,
 ) -> list[Candidate]:
     """Rank pp x dp x tp meshes of ``cluster`` for ``captured`` at ``global_batch``."""
     devices = cluster.num_nodes * cluster.devices_per_node
@@ -125,7 +127,7 @@ def search_3d(
                            bytes_per_param, act_factor)  # fmt: skip
                 if c is None:
                     continue
-                if c.memory_bytes > budget:
+                if memory_filter and c.memory_bytes > budget:
                     tightest = min(tightest, c.memory_bytes / budget)
                     continue
                 found.append(c)

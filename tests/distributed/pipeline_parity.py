@@ -1,7 +1,7 @@
 """Pipeline parity driver shared by the pipeline distributed tests.
 
-``pipeline_parity(rank, world, example, mesh, schedule, strategy, steps)`` builds the example's
-tiny model twice from the same seed, trains the reference in this process with SGD and
+``pipeline_parity(rank, world, example, mesh, schedule, strategy, steps, layers)`` builds the
+example's tiny model (``layers`` blocks instead of its 2 when given) twice from the same seed, trains the reference in this process with SGD and
 the pipeline-compiled model (``autopar.compile(..., mesh=mesh, pipeline=...)`` and its
 ``step``) on the same global batch, and returns the per-step losses, the largest
 parameter differences after the steps and the pipeline record of the plan.
@@ -28,9 +28,16 @@ def pipeline_parity(
     schedule: str,
     strategy: str = "pp",
     steps: int = 3,
+    layers: int | None = None,
 ) -> dict[str, Any]:
     mod = importlib.import_module(f"examples.{example}")
     model, args, kwargs = mod.build("tiny")
+    if layers is not None:  # the same tiny config, deeper (interleaving needs >= 2 pp units)
+        cfg = mod.config("tiny")
+        setattr(cfg, "n_layer" if example == "gpt2" else "num_hidden_layers", layers)
+        torch.manual_seed(0)
+        model = type(model)(cfg)
+        model.loss_type = getattr(model, "loss_type", None) or "ForCausalLM"
     ref = copy.deepcopy(model)
     compiled = autopar.compile(
         model, args, kwargs, strategy=strategy, mesh=mesh, pipeline={"schedule": schedule}
