@@ -36,9 +36,7 @@ def tiny_plans() -> dict[str, Plan]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         captured = capture(model, args, kwargs)
-    return {
-        s: make_plan(captured, MeshSpec.of(2), s) for s in ("dp", "fsdp", "zero", "tp", "auto")
-    }
+    return {s: make_plan(captured, MeshSpec.of(2), s) for s in ("dp", "fsdp", "zero", "tp", "auto")}
 
 
 def test_parameter_state_arithmetic(tiny_plans) -> None:
@@ -68,9 +66,10 @@ def test_zero2_holds_gathered_copies_fsdp_does_not(tiny_plans) -> None:
     # FSDP gathers again in backward: more all-gathers than ZeRO-2
     assert fsdp.collectives("backward")["all_gather"] > 0
     assert zero.collectives("backward")["all_gather"] == 0
-    assert fsdp.collectives("backward")["reduce_scatter"] == zero.collectives("backward")[
-        "reduce_scatter"
-    ]
+    assert (
+        fsdp.collectives("backward")["reduce_scatter"]
+        == zero.collectives("backward")["reduce_scatter"]
+    )
 
 
 def test_predicted_figures_round_trip(tiny_plans) -> None:
