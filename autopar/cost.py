@@ -9,7 +9,7 @@ Contract:
   gradient layout back to the producer's layout with ``Partial`` read as replicated).
   With ``regather`` (an FSDP parameter whose gathered copy autograd keeps for backward
   is freed after forward) the forward gather is issued again in backward.
-- ``node_seconds`` prices a strategy's compute: a roofline of the op's FLOPs and bytes
+- ``compute_seconds`` prices a strategy's compute: a roofline of the op's FLOPs and bytes
   divided by the ways the strategy splits it, forward plus backward, where backward is
   priced per op (``backward_work``): a matmul's backward computes one product per operand
   that needs a gradient (2x forward when both do, 1x for a weight-only gradient),
@@ -173,18 +173,6 @@ def model_flops(
     """FLOPs of one training step of the whole (unsplit) op: forward + backward."""
     flops, _ = op_work(op, family)
     return flops + (backward_work(op, family, input_grads)[0] if needs_grad else 0.0)
-
-
-def node_seconds(
-    cm: CostModel,
-    op: OpView,
-    family: str,
-    strategy: Strategy,
-    needs_grad: bool,
-    input_grads: tuple[bool, ...] | None = None,
-) -> float:
-    t = compute_seconds(cm, op, family, strategy, needs_grad, input_grads)
-    return t + collectives_seconds(cm, kernel_collectives(strategy))
 
 
 def kernel_collectives(strategy: Strategy) -> list[Collective]:

@@ -24,16 +24,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import multiprocessing as mp
 import os
-import pickle
-import queue
 import statistics
 import sys
 import time
-import traceback
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -133,26 +128,9 @@ def _signature(plan: Any) -> tuple[Any, ...]:
     return tuple((n.name, n.ins, n.outs, n.grads, n.kernel) for n in plan.nodes)
 
 
-def _rank_main(rank: int, nproc: int, port: int, out: Any) -> None:
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
+def _measure_rank(rank: int, nproc: int) -> dict[str, Any]:
     warnings.simplefilter("ignore")
-    code = 0
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=nproc, timeout=timedelta(seconds=120))  # fmt: skip
-        report = _measure(rank, nproc)
-        out.put((rank, "ok", pickle.dumps(report)))
-        out.close()
-        out.join_thread()
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:  # noqa: BLE001 - reported to the parent, which ends every rank
-        out.put((rank, "error", traceback.format_exc()))
-        code = 1
-    os._exit(code)
+    return _measure(rank, nproc)
 
 
 class _ForeignMeter:
@@ -330,39 +308,11 @@ def wait_quiet(max_wait_s: float, busy_max: float = 0.3, verbose: bool = True) -
 
 
 def _spawn(nproc: int, timeout: float) -> dict[str, Any]:
-    from autopar.launch import _port
+    from autopar.runtime.ranks import spawn_ranks
 
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = _port()
-    procs = [ctx.Process(target=_rank_main, args=(r, nproc, port, out)) for r in range(nproc)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    results: dict[int, Any] = {}
-    try:
-        while len(results) < nproc:
-            try:
-                rank, status, payload = out.get(timeout=1.0)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out after {timeout:.0f} s") from None
-                dead = [
-                    r for r, p in enumerate(procs) if p.exitcode is not None and r not in results
-                ]
-                if dead:
-                    raise RuntimeError(f"rank {dead[0]} exited before reporting") from None
-                continue
-            if status == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{payload}")
-            results[rank] = pickle.loads(payload)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
-    return results[0]
+    return spawn_ranks(  # type: ignore[no-any-return]
+        _measure_rank, nproc, timeout_s=timeout, backend="gloo", what="cost fidelity"
+    )[0]
 
 
 def run_local(nproc: int = 2, timeout: float = 900.0, quiet_wait_s: float = 300.0) -> bool:

@@ -14,55 +14,17 @@ follow ``autopar.cli``: 0 written, 1 the calibration failed, 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import pickle
-import queue
-import time
-import traceback
-from datetime import timedelta
 from typing import Any
 
-from autopar.launch import _port
+from autopar.runtime.ranks import spawn_ranks
 
 
-def _rank_main(
-    rank: int, nproc: int, port: int, backend: str, cfg: tuple[float, float, str], out: Any
-) -> None:
-    import torch
-    import torch.distributed as dist
+def _calibrate_rank(rank: int, nproc: int, budget_s: float, path: str) -> Any:
+    from cost_models.calibrate import run_calibration
 
-    torch.set_num_threads(1)
-    budget_s, timeout, path = cfg
-    code = 0
-    try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=nproc, timeout=timedelta(seconds=timeout))  # fmt: skip
-        from cost_models.calibrate import run_calibration
-
-        cal = run_calibration(budget_s=budget_s, path=path)
-        # pickled here, so that a payload that cannot be sent fails this rank visibly
-        out.put((rank, "ok", pickle.dumps(cal if rank == 0 else None)))
-        out.close()
-        out.join_thread()  # flushed before os._exit
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:  # noqa: BLE001 - reported to the parent, which ends every rank
-        out.put((rank, "error", traceback.format_exc()))
-        code = 1
-    os._exit(code)
-
-
-def _backend(name: str, nproc: int) -> str:
-    if name not in ("auto", "gloo", "nccl"):
-        raise ValueError(f"--backend must be auto, gloo or nccl, got {name!r}")
-    if name != "auto":
-        return name
-    import torch
-
-    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= nproc else "gloo"
+    cal = run_calibration(budget_s=budget_s, path=path)
+    return cal if rank == 0 else None
 
 
 def calibrate_on_ranks(
@@ -77,52 +39,10 @@ def calibrate_on_ranks(
         raise ValueError(f"--nproc must be an int >= 2 (collectives need a group), got {nproc!r}")
     if not timeout > 0 or not budget_s > 0:
         raise ValueError(f"--timeout and --budget must be > 0, got {timeout!r}, {budget_s!r}")
-    chosen = _backend(backend, nproc)
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = _port()
-    procs = [
-        ctx.Process(
-            target=_rank_main, args=(r, nproc, port, chosen, (budget_s, timeout, path), out)
-        )
-        for r in range(nproc)
-    ]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    results: dict[int, Any] = {}
-    try:
-        while len(results) < nproc:
-            try:
-                rank, status, payload = out.get(
-                    timeout=max(0.1, min(1.0, deadline - time.monotonic()))
-                )
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    missing = sorted(set(range(nproc)) - set(results))
-                    raise RuntimeError(
-                        f"calibration timed out after {timeout:.0f} s waiting for ranks "
-                        f"{missing}; raise --timeout or lower --budget"
-                    ) from None
-                dead = [
-                    r for r, p in enumerate(procs) if p.exitcode is not None and r not in results
-                ]
-                if dead:
-                    raise RuntimeError(
-                        f"calibration rank {dead[0]} exited with code "
-                        f"{procs[dead[0]].exitcode} before reporting"
-                    ) from None
-                continue
-            if status == "error":
-                raise RuntimeError(f"calibration rank {rank} failed:\n{payload}")
-            results[rank] = pickle.loads(payload)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
-    return results[0]
+    return spawn_ranks(
+        _calibrate_rank, nproc, (budget_s, path), timeout_s=timeout, backend=backend,
+        what="calibration", hint="; raise --timeout or lower --budget",
+    )[0]  # fmt: skip
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

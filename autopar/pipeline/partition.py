@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from autopar.solve.graph import module_path
+
 _LAYER = re.compile(r"^(?P<prefix>.*?)\.(?P<idx>\d+)(?:\.|$)")
 
 
@@ -46,15 +48,6 @@ class Units:
     @property
     def count(self) -> int:
         return len(self.labels)
-
-
-def module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1]
-    path = path[0] if isinstance(path, tuple) else str(path)
-    return re.sub(r"^L__self__\.?", "", str(path))
 
 
 def _block(path: str) -> tuple[str, int] | None:

@@ -71,7 +71,8 @@ def tensor_meta(val: Any) -> TensorMeta | None:
     return None
 
 
-def _module_path(node: fx.Node) -> str:
+def module_path(node: fx.Node) -> str:
+    """The innermost module path of an exported node ("transformer.h.0.attn"), "" at top."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
@@ -169,7 +170,7 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
             grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and all(
                 m is not None and m.is_float for m in metas
             )
-            path = _module_path(node)
+            path = module_path(node)
             nodes[node.name] = PNode(
                 node.name, "op", op_name(node.target), family, tuple(metas), inputs,  # type: ignore[arg-type]
                 strategies, grad, path, layer_of(path), op, node,

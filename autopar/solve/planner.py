@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from autopar.capture import Captured
 from autopar.cost import (
     Collective,
+    collectives_seconds,
     compute_seconds,
     edge_collectives,
     grad_of,
@@ -95,7 +96,7 @@ class Pricing:
         return Pricing(graph, cm, saved_values(graph), optimizer)
 
     def kernel_seconds(self, s: Strategy) -> float:
-        return sum(self.cm.collective_time(c.kind, c.nbytes, c.axis) for c in kernel_collectives(s))
+        return collectives_seconds(self.cm, kernel_collectives(s))
 
     def compute(self, node: PNode, s: Strategy) -> float:
         if node.kind != "op" or node.op is None:

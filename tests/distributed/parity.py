@@ -61,16 +61,10 @@ def _run_one(
         opt.step()
         losses.append(float(loss.detach()))
         ref_losses.append(float(loss_ref.detach()))
-    full = compiled.full_state_dict()
-    ref_sd = ref.state_dict()
-    diffs = {
-        k: (float((full[k] - v).abs().max()), float(v.abs().max()))
-        for k, v in ref_sd.items()
-        if k in full
-    }
+    diffs, missing = state_diffs(compiled.full_state_dict(), ref.state_dict())
     return {
         "losses": losses, "ref_losses": ref_losses, "diffs": diffs,
-        "missing": sorted(set(ref_sd) - set(full)), "comms": comms,
+        "missing": missing, "comms": comms,
         "planned": dict(compiled.plan.collectives()),
         "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
             str(p) != "R" for p in n.outs[0])),
@@ -78,6 +72,18 @@ def _run_one(
         "memory": dict(compiled.plan.predicted.memory),
         "held": held_bytes(compiled, opt),
     }  # fmt: skip
+
+
+def state_diffs(
+    full: dict[str, torch.Tensor], ref_sd: dict[str, torch.Tensor]
+) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """Per key (max |full - ref|, max |ref|), and the reference keys ``full`` lacks."""
+    diffs = {
+        k: (float((full[k] - v).abs().max()), float(v.abs().max()))
+        for k, v in ref_sd.items()
+        if k in full
+    }
+    return diffs, sorted(set(ref_sd) - set(full))
 
 
 def local_nbytes(t: Any) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 import autopar
+from tests.distributed.parity import state_diffs
 
 TOLERANCE = (1e-5, 4e-5)  # (rtol, atol)
 
@@ -56,15 +57,10 @@ def pipeline_parity(
         losses.append(float(loss))
         ref_losses.append(float(loss_ref.detach()))
     full = compiled.full_state_dict()
-    ref_sd = ref.state_dict()
-    diffs = {
-        k: (float((full[k] - v).abs().max()), float(v.abs().max()))
-        for k, v in ref_sd.items()
-        if k in full
-    }
+    diffs, missing = state_diffs(full, ref.state_dict())
     return {
         "losses": losses, "ref_losses": ref_losses, "diffs": diffs,
-        "missing": sorted(set(ref_sd) - set(full)), "pipeline": compiled.plan.pipeline,
+        "missing": missing, "pipeline": compiled.plan.pipeline,
         "submesh": compiled.plan.mesh.to_json(),
         "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
             str(p) != "R" for p in n.outs[0])),
