@@ -4,13 +4,17 @@ Contract:
 - ``transition(src, dst, meta, sizes)`` lists the collectives that move a tensor from
   layout ``src`` to ``dst``, axis by axis: S->R all-gather, P->R all-reduce, P->S
   reduce-scatter, S(i)->S(j) all-to-all, R->S and R->P are local (no communication).
+  ``collective_seconds`` prices one: alpha-beta, plus a copy of the full tensor when it
+  is gathered or scattered on a dim other than 0, or is an all-to-all (``relayout``).
 - ``edge_seconds`` prices a consumer slot: the forward transition of the value plus, if
   the value needs a gradient, the backward transition of its gradient (the consumer's
   gradient layout back to the producer's layout with ``Partial`` read as replicated).
   With ``regather`` (an FSDP parameter whose gathered copy autograd keeps for backward
   is freed after forward) the forward gather is issued again in backward.
-- ``compute_seconds`` prices a strategy's compute: a roofline of the op's FLOPs and bytes
-  divided by the ways the strategy splits it, forward plus backward, where backward is
+- ``compute_seconds`` prices a strategy's compute: a roofline of the op's FLOPs, bytes
+  and special-function evaluations (``SPECIAL``: exp, tanh, erf, log per element, which
+  bound element-wise ops on CPUs) divided by the ways the strategy splits it, attention
+  at the device's attention efficiency, forward plus backward, where backward is
   priced per op (``backward_work``): a matmul's backward computes one product per operand
   that needs a gradient (2x forward when both do, 1x for a weight-only gradient),
   attention's backward is 2.5x its forward, other ops move about their forward bytes once.
@@ -28,6 +32,24 @@ from cost_models import CostModel
 
 MATMUL_OPERANDS = {"addmm": (1, 2), "baddbmm": (1, 2)}  # else slots (0, 1)
 ATTENTION_BACKWARD = 2.5
+# Special-function evaluations per element (of the output; of the input for a loss):
+# op -> (forward, backward). Backward formulas that reuse the forward output (tanh,
+# sigmoid, softmax) evaluate none; log-softmax and cross-entropy recompute exp(x).
+_EXP, _ERF = (("exp", 1.0),), (("erf", 1.0),)
+SPECIAL: dict[str, tuple[tuple[tuple[str, float], ...], tuple[tuple[str, float], ...]]] = {
+    "tanh": ((("tanh", 1.0),), ()),
+    "exp": (_EXP, ()),
+    "sigmoid": (_EXP, ()),
+    "silu": (_EXP, _EXP),
+    "gelu": (_ERF, (("erf", 1.0), ("exp", 1.0))),
+    "erf": (_ERF, _EXP),
+    "softmax": (_EXP, ()),
+    "_softmax": (_EXP, ()),
+    "log_softmax": (_EXP, _EXP),
+    "_log_softmax": (_EXP, _EXP),
+    "cross_entropy_loss": (_EXP, _EXP),
+    "log": ((("log", 1.0),), ()),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,9 +57,15 @@ class Collective:
     kind: str
     axis: int
     nbytes: int
+    # the runtime copies the tensor once more around the call: a gather or scatter on a
+    # dim other than 0 (collectives concatenate along dim 0), or gloo's all-to-all
+    relayout: bool = False
 
     def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "axis": self.axis, "bytes": self.nbytes}
+        out: dict[str, object] = {"kind": self.kind, "axis": self.axis, "bytes": self.nbytes}
+        if self.relayout:
+            out["relayout"] = True
+        return out
 
 
 def _kind(s: Placement, d: Placement) -> str | None:
@@ -75,7 +103,9 @@ def transition(
         kind = _kind(s, d)
         if kind is not None:
             nbytes = meta.nbytes // _other_factor(src, dst, axis, sizes)
-            found.append(Collective(kind, axis, nbytes))
+            dims = [p.dim for p in (s, d) if isinstance(p, Shard) and kind != "all_reduce"]
+            relayout = kind == "all_to_all" or any(dim != 0 for dim in dims)
+            found.append(Collective(kind, axis, nbytes, relayout))
     return found
 
 
@@ -100,8 +130,15 @@ def edge_collectives(
     return fwd, bwd
 
 
+def collective_seconds(cm: CostModel, c: Collective) -> float:
+    """One collective: its alpha-beta time, plus one read and write of the full tensor
+    when the runtime relayouts it (``Collective.relayout``)."""
+    copy = cm.compute_time(0.0, 2.0 * c.nbytes) if c.relayout else 0.0
+    return cm.collective_time(c.kind, c.nbytes, c.axis) + copy
+
+
 def collectives_seconds(cm: CostModel, collectives: list[Collective]) -> float:
-    return sum(cm.collective_time(c.kind, c.nbytes, c.axis) for c in collectives)
+    return sum(collective_seconds(cm, c) for c in collectives)
 
 
 def _same_dtype_cast(op: OpView) -> bool:
@@ -128,6 +165,22 @@ def op_work(op: OpView, family: str) -> tuple[float, float]:
         q, k = op.inputs[0], op.inputs[1]
         return 4.0 * q.numel * k.shape[-2], nbytes
     return float(out.numel if out is not None else 0), nbytes
+
+
+def _op_name(op: OpView) -> str:
+    return getattr(getattr(op.target, "overloadpacket", None), "__name__", str(op.target))
+
+
+def special_work(op: OpView, needs_grad: bool) -> dict[str, float]:
+    """Special-function evaluations of one training step of the whole op (``SPECIAL``)."""
+    rule = SPECIAL.get(_op_name(op))
+    if rule is None or not op.outputs:
+        return {}
+    meta = op.inputs[0] if _op_name(op) == "cross_entropy_loss" and op.inputs else op.outputs[0]
+    out: dict[str, float] = {}
+    for fn, per in rule[0] + (rule[1] if needs_grad else ()):
+        out[fn] = out.get(fn, 0.0) + per * meta.numel
+    return out
 
 
 def backward_work(
@@ -164,7 +217,10 @@ def compute_seconds(
         bf, bb = backward_work(op, family, input_grads)
         flops, nbytes = flops + bf, nbytes + bb
     dtype = op.outputs[0].dtype if op.outputs else "fp32"
-    return cm.compute_time(flops / strategy.compute_div, nbytes / strategy.compute_div, dtype)
+    div = strategy.compute_div
+    special = {fn: n / div for fn, n in special_work(op, needs_grad).items()}
+    attention = family == "scaled_dot_product_attention"
+    return cm.compute_time(flops / div, nbytes / div, dtype, special, attention)
 
 
 def model_flops(

@@ -2,16 +2,17 @@
 
 Part 1, on this machine: calibrate on 2 gloo ranks (``cost_models.calibrate``), then plan
 several DISTINCT plans of a small GPT-2 (``examples/gpt2.py`` config, resized) with
-``CostModel(ClusterSpec.cpu(2), mesh, profile=calibrated)``, compile each with
+``CostModel(ClusterSpec.cpu(2), mesh, profile=calibrated)`` (calibrated by
+``autopar.runtime.overhead.calibrate_runtime``: hardware micro-benchmarks plus the
+runtime's own per-call costs), compile each with
 ``autopar.compile(..., plan=plan)`` and measure the median wall time of a training step
 (forward + backward + optimizer step, after warm-up; a barrier before every step; each
 step's time is the slowest rank's). Plans are measured round-robin, so that load from
 other processes spreads over all plans alike, and a round (or a calibration) during which
 other processes used more than ``FOREIGN_MAX`` of the CPUs is dropped and redone (the
 machine is shared; the report says how many were dropped). The prediction is the plan's
-``predicted`` step plus two terms the planner does not price yet: the optimizer step
-(``cost_models.compute.optimizer_step_time``) and the runtime's communication-free
-layout calls (count in the generated program x ``CostModel.reshard_overhead_s``). Prints a table, the Spearman rank
+``predicted`` step, which prices compute, exposed communication, the optimizer step and
+the runtime's own calls (older planners without those terms get them added here). Prints a table, the Spearman rank
 correlation (target >= 0.9) and the median absolute relative error (target <= 25%).
 
 Part 2 (``benchmarks/fidelity_published.py``, when present): ``run_published() -> bool``.
@@ -181,10 +182,10 @@ def _measure(rank: int, nproc: int) -> dict[str, Any]:
     import autopar
     from autopar.capture import capture
     from autopar.mesh import MeshSpec
+    from autopar.runtime.overhead import calibrate_runtime
     from autopar.solve.planner import make_plan
     from autopar.solve.presets import PRESETS
     from cost_models import ClusterSpec, CostModel
-    from cost_models.calibrate import run_calibration
 
     meter = _ForeignMeter(rank)
     attempts: list[tuple[float, int, Any]] = []
@@ -193,7 +194,7 @@ def _measure(rank: int, nproc: int) -> dict[str, Any]:
             wait_quiet(CALIBRATION_WAIT_S, verbose=False)
         dist.barrier()
         meter.start()
-        cal = run_calibration()
+        cal = calibrate_runtime()
         attempts.append((meter.stop(), len(attempts), cal))
         if attempts[-1][0] <= FOREIGN_MAX:
             break
@@ -257,8 +258,9 @@ def _measure(rank: int, nproc: int) -> dict[str, Any]:
         p = r["plan"].predicted
         rows.append({"label": r["label"],
                      "predicted_s": predicted_seconds(r["plan"]) + r["opt_s"] + r["fw_s"],
-                     "compute_s": p.compute_s, "comm_s": p.comm_s, "opt_s": r["opt_s"],
-                     "fw_s": r["fw_s"],
+                     "compute_s": p.compute_s, "comm_s": p.comm_s,
+                     "opt_s": r["opt_s"] + (p.optimizer_s or 0.0),
+                     "fw_s": r["fw_s"] + (p.framework_s or 0.0),
                      "measured_s": statistics.median(times),
                      "collectives": dict(r["plan"].collectives())})  # fmt: skip
     dups = [(r["label"], r["same_as"]) for r in runs if "same_as" in r]
@@ -329,8 +331,8 @@ def run_local(nproc: int = 2, timeout: float = 900.0, quiet_wait_s: float = 300.
     for label, same in report["duplicates"]:
         print(f"skipped {label}: same plan as {same}")
     rows = report["rows"]
-    print("predicted = plan.predicted step (compute + comm) + optimizer step (opt) + runtime "
-          "layout calls (calls)")  # fmt: skip
+    print("predicted = plan.predicted step: compute + exposed comm + optimizer step (opt) + "
+          "the runtime's own calls (calls)")  # fmt: skip
     print(f"{'plan':<16}{'predicted ms':>13}{'compute':>9}{'comm':>8}{'opt':>6}{'calls':>7}"
           f"{'measured ms':>13}{'error':>8}")  # fmt: skip
     errors = []

@@ -10,7 +10,9 @@ Contract:
   ranks do), each time is all-reduced to its maximum over ranks (the slowest rank bounds
   a step), and every rank returns the same ``Calibration``: the raw samples, the fits and
   the ``Profile``. It measures fp32 (and bf16 when it runs at a usable rate) matmul
-  throughput, element-wise memory bandwidth, the launch floor (one tiny op), the
+  throughput, element-wise memory bandwidth on cold operands (``_cold_pool``), the
+  per-element rate of each special function (exp, tanh, erf, log), fused attention's
+  forward + backward rate relative to matmul, the launch floor (one tiny op), the
   per-op framework overhead (a tiny op's forward and backward under autograd, priced
   by ``autopar.cost`` as one node), all_reduce, all_gather, reduce_scatter, all_to_all
   and broadcast at several message sizes, and (path "dtensor") the cost of one
@@ -26,7 +28,9 @@ collectives (on one node every axis is intra-node; ``inter_*`` stay unmeasured u
 the group spans nodes, which this module does not detect), ``collectives`` keeps each
 kind's own fit, ``launch_floor_s`` is the per-op overhead (forward + backward, the way a
 planner node is priced), ``matmul_flops``/``mem_bw`` the fitted rates,
-``reshard_overhead_s`` the wrap/unwrap cost.
+``reshard_overhead_s`` the wrap/unwrap cost, ``special_rates`` and
+``attention_efficiency`` the measured special-function and attention rates. Collectives
+are timed right after a burst of compute, the way a step issues them (``_time_collective``).
 """
 
 from __future__ import annotations
@@ -39,14 +43,20 @@ from typing import Any
 
 from cost_models import _validate as v
 from cost_models.fit import LinkFit, RateFit, fit_link, fit_rate
+from cost_models.microbench import (
+    ATTENTION_SHAPE,
+    SPECIAL_NUMEL,
+    attention_flops,
+    compute_samples,
+    median_per_call,
+)
 from cost_models.profile import CollectiveFit, Profile
 
 CALIBRATED_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
 # Message sizes (bytes of the full tensor); 4 bytes per fp32 element.
 MESSAGE_BYTES = (1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22)
-MATMUL_SIZES = ((256, 256, 256), (512, 256, 768), (512, 512, 512), (1024, 512, 512))
-ELEMENTWISE_NUMEL = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)
 COLLECTIVE_PATHS = ("dtensor", "c10d")
+BURST_S = 2e-3  # compute before each timed collective (see _time_collective)
 _BF16_MIN_FRACTION = 0.1  # bf16 slower than this fraction of fp32 is not "usable"
 
 
@@ -66,6 +76,7 @@ class Calibration:
     reshard_overhead_s: float | None  # a DTensor wrap/unwrap forward + backward (no comm)
     collective_samples: tuple[tuple[str, int, float], ...] = field(repr=False)
     seconds: float = 0.0  # wall time the calibration took
+    param_use_s: float | None = None  # set by autopar.runtime.overhead.calibrate_runtime
 
     def table(self) -> str:
         """The fitted figures as a short human-readable table."""
@@ -78,10 +89,17 @@ class Calibration:
         lines.append(
             f"  memory bw    {e.rate / 1e9:10.2f} GB/s     (fit rms {e.rms_rel_error:.0%})"
         )
+        p = self.profile
+        for fn, rate in sorted(p.special_rates.items()):
+            lines.append(f"  {fn:<12} {rate / 1e9:10.3f} G/s       (cold, per element)")
+        if p.attention_efficiency is not None:
+            lines.append(f"  attention    {p.attention_efficiency:10.2f} x matmul rate (fwd+bwd)")
         lines.append(f"  tiny op      {self.tiny_op_s * 1e6:10.2f} us")
         lines.append(f"  op fwd+bwd   {self.op_overhead_s * 1e6:10.2f} us       (launch floor)")
         if self.reshard_overhead_s is not None:
             lines.append(f"  reshard call {self.reshard_overhead_s * 1e6:10.2f} us       (no comm)")
+        if self.param_use_s is not None:
+            lines.append(f"  param use    {self.param_use_s * 1e6:10.2f} us       (no comm)")
         lines.append(f"  {'collective':<15}{'alpha us':>10}{'bw GB/s':>10}{'rms err':>9}")
         for name, fit in (*self.per_kind.items(), ("joint", self.link)):
             lines.append(
@@ -92,25 +110,6 @@ class Calibration:
 
 
 # ---------------------------------------------------------------------------- measuring
-
-
-def _median_per_call(fn: Callable[[], object], budget_s: float, sync: Callable[[], None]) -> float:
-    """Median seconds per call of ``fn`` over a few timed batches within ``budget_s``."""
-    fn()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    one = max(time.perf_counter() - start, 1e-7)
-    per_batch = max(1, min(1000, int(budget_s / 5 / one)))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(per_batch):
-            fn()
-        sync()
-        times.append((time.perf_counter() - start) / per_batch)
-    return statistics.median(times)
 
 
 def _max_over_ranks(values: list[float], group: Any) -> list[float]:
@@ -176,8 +175,21 @@ def _dtensor_collective(
     return lambda: dt.redistribute(mesh, [dst]).to_local()
 
 
-def _time_collective(fn: Callable[[], object], budget_s: float, group: Any) -> float:
-    """Seconds per call, with a repetition count every rank agrees on."""
+def _time_collective(
+    fn: Callable[[], object],
+    budget_s: float,
+    group: Any,
+    burst: Callable[[], object],
+    sync: Callable[[], None],
+) -> float:
+    """Mean seconds of one call issued the way a training step issues it: right after a
+    burst of compute, not back to back. Both ranks run the same burst, so what the call
+    waits for the slower rank, and for idle communication threads to wake, is in the
+    figure (on 2 CPU cores with gloo that is 1-2 ms per call, as much as the transfer;
+    back-to-back loops hide it). The MEAN, not the median: per-call times have a long
+    right tail (on 2 gloo CPU ranks the mean is about twice the median), and a step pays
+    the sum of its calls, which the mean predicts. The repetition count is agreed by all
+    ranks."""
     import torch.distributed as dist
 
     fn()
@@ -185,47 +197,37 @@ def _time_collective(fn: Callable[[], object], budget_s: float, group: Any) -> f
     start = time.perf_counter()
     fn()
     one = _max_over_ranks([time.perf_counter() - start], group)[0]
-    reps = max(1, min(200, int(budget_s / 3 / max(one, 1e-6))))
+    reps = max(5, min(40, int(budget_s / max(one + BURST_S, 1e-6))))
     times = []
-    for _ in range(3):
-        dist.barrier(group=group)
+    for _ in range(reps):
+        burst()
+        sync()
         start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - start) / reps)
-    return statistics.median(times)
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.fmean(times)
 
 
-def _compute_samples(budget_s: float, device: Any, sync: Callable[[], None]) -> dict[str, Any]:
+def _burst(device: Any, sync: Callable[[], None]) -> Callable[[], object]:
+    """About ``BURST_S`` of matmuls on ``device`` (sized by timing one)."""
     import torch
 
-    each = budget_s / (len(MATMUL_SIZES) * 2 + len(ELEMENTWISE_NUMEL) + 2)
-    out: dict[str, Any] = {"matmul": {}}
-    for key, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        samples = []
-        for m, k, n in MATMUL_SIZES:
-            a = torch.randn(m, k, device=device).to(dtype)
-            b = torch.randn(k, n, device=device).to(dtype)
-            samples.append((2.0 * m * k * n, _median_per_call(lambda: a @ b, each, sync)))
-        out["matmul"][key] = samples
-    ew = []
-    for numel in ELEMENTWISE_NUMEL:
-        x, y = torch.ones(numel, device=device), torch.ones(numel, device=device)
-        z = torch.empty_like(x)
-        ew.append((3.0 * 4 * numel, _median_per_call(lambda: torch.add(x, y, out=z), each, sync)))
-    out["elementwise"] = ew
-    s, t = torch.ones(1, device=device), torch.ones(1, device=device)
-    out["tiny_op"] = _median_per_call(lambda: torch.add(s, t), each, sync)
-    leaf = torch.ones(1, device=device, requires_grad=True)
+    a, b = torch.randn(256, 256, device=device), torch.randn(256, 256, device=device)
+    a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(4):
+        a @ b
+    sync()
+    one = max((time.perf_counter() - start) / 4, 1e-7)
+    count = max(1, min(10_000, round(BURST_S / one)))
 
-    def chain() -> None:
-        y = leaf
-        for _ in range(32):
-            y = y * 1.0
-        y.sum().backward()
+    def burst() -> None:
+        for _ in range(count):
+            a @ b
 
-    out["op_overhead"] = _median_per_call(chain, each, sync) / 32
-    return out
+    return burst
 
 
 def _reshard_overhead(device: Any, group: Any, budget_s: float, sync: Callable[[], None]) -> float:
@@ -249,7 +251,7 @@ def _reshard_overhead(device: Any, group: Any, budget_s: float, sync: Callable[[
             y = DTensor.from_local(y, mesh, place, run_check=False).to_local(grad_placements=place)
         y.sum().backward()
 
-    return _median_per_call(chain, budget_s, sync) / 8
+    return median_per_call(chain, budget_s, sync) / 8
 
 
 def run_calibration(group: Any = None, budget_s: float = 8.0, path: str = "dtensor") -> Calibration:
@@ -274,18 +276,21 @@ def run_calibration(group: Any = None, budget_s: float = 8.0, path: str = "dtens
     sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
     started = time.perf_counter()
     dist.barrier(group=group)
-    comp = _compute_samples(budget_s * 0.5, device, sync)
+    comp = compute_samples(budget_s * 0.5, device, sync)
     if path == "dtensor":
         comp["reshard"] = _reshard_overhead(device, group, budget_s * 0.05, sync)
     coll = []
     each = budget_s * 0.5 / (len(CALIBRATED_KINDS) * len(MESSAGE_BYTES))
+    burst = _burst(device, sync)
     for kind in CALIBRATED_KINDS:
         for nbytes in MESSAGE_BYTES:
             fn = _collective(kind, nbytes, n, device, group, path)
-            coll.append((kind, nbytes, _time_collective(fn, each, group)))
+            coll.append((kind, nbytes, _time_collective(fn, each, group, burst, sync)))
     # one all-reduce agrees every figure: the slowest rank's time
     flat = [t for key in ("fp32", "bf16") for _, t in comp["matmul"][key]]
     flat += [t for _, t in comp["elementwise"]] + [comp["tiny_op"], comp["op_overhead"]]
+    specials = sorted(comp["special"])
+    flat += [comp["special"][fn] for fn in specials] + [comp["attention"]]
     flat += [comp.get("reshard", 0.0)]
     flat += [t for _, _, t in coll]
     agreed = iter(_max_over_ranks(flat, group))
@@ -293,11 +298,14 @@ def run_calibration(group: Any = None, budget_s: float = 8.0, path: str = "dtens
         key: [(w, next(agreed)) for w, _ in comp["matmul"][key]] for key in ("fp32", "bf16")
     }
     ew_samples = [(w, next(agreed)) for w, _ in comp["elementwise"]]
-    tiny, overhead, reshard = next(agreed), next(agreed), next(agreed)
+    tiny, overhead = next(agreed), next(agreed)
+    special_rates = {fn: SPECIAL_NUMEL / next(agreed) for fn in specials}
+    attention_rate = attention_flops(ATTENTION_SHAPE) / next(agreed)
+    reshard = next(agreed)
     coll_samples = tuple((k, b, next(agreed)) for k, b, _ in coll)
     return _assemble(n, f"{backend}/{path}", matmul_samples, ew_samples, tiny, overhead,
                      reshard if path == "dtensor" else None, coll_samples,
-                     time.perf_counter() - started)  # fmt: skip
+                     time.perf_counter() - started, special_rates, attention_rate)  # fmt: skip
 
 
 def _assemble(
@@ -310,6 +318,8 @@ def _assemble(
     reshard: float | None,
     coll_samples: tuple[tuple[str, int, float], ...],
     seconds: float,
+    special_rates: dict[str, float] | None = None,
+    attention_rate: float | None = None,
 ) -> Calibration:
     matmul = {key: fit_rate(s) for key, s in matmul_samples.items()}
     if matmul["bf16"].rate < _BF16_MIN_FRACTION * matmul["fp32"].rate:
@@ -319,8 +329,11 @@ def _assemble(
     per_kind = {
         kind: fit_link([s for s in coll_samples if s[0] == kind], n) for kind in CALIBRATED_KINDS
     }
+    attention_eff = None if attention_rate is None else attention_rate / matmul["fp32"].rate
     profile = Profile(
         matmul_flops={k: f.rate for k, f in matmul.items()},
+        special_rates=special_rates or {},
+        attention_efficiency=attention_eff,
         mem_bw=elementwise.rate,
         intra_bw=link.bandwidth,
         intra_alpha=link.alpha,

@@ -3,8 +3,12 @@
 Contract: a ``DeviceSpec`` is a frozen value holding peak dense FLOP/s per dtype key
 ("bf16", "fp16", "fp32", optionally "tf32"/"fp8"/"fp64"), memory size and bandwidth,
 the effective per-device collective bus bandwidth inside a node and between nodes, the
-per-message latencies (alpha), a per-kernel launch floor, and the fractions of peak
-that matmuls and memory traffic reach in practice. Figures are SI (1 GB/s = 1e9 B/s);
+per-message latencies (alpha), a per-kernel launch floor, the fractions of peak
+that matmuls and memory traffic reach in practice, ``attention_efficiency`` (the fraction
+of the matmul rate fused attention kernels reach; 1.0 unless measured) and
+``special_rates`` (evaluations per second of special functions, keyed "exp", "tanh",
+"erf", "log"; a function with no figure never bounds an op: GPUs' special-function units
+keep such ops memory bound, CPUs may not). Figures are SI (1 GB/s = 1e9 B/s);
 memory sizes are bytes. ``DEVICES`` is the immutable table of known devices and
 ``lookup_device(name)`` resolves case-insensitive names and aliases.
 
@@ -15,7 +19,7 @@ be conservative (see ``_build_devices``); a measured ``Profile`` overrides them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +27,7 @@ from cost_models import _validate as v
 from cost_models.dtypes import FLOAT_KEYS
 
 GiB = 2**30
+SPECIAL_FUNCTIONS = ("exp", "tanh", "erf", "log")
 
 # When a dtype has no figure, try these in order before falling back to "fp32".
 _FLOPS_FALLBACK: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -49,6 +54,8 @@ class DeviceSpec:
     launch_floor_s: float  # minimum time of any kernel
     matmul_efficiency: float  # achieved / peak FLOP/s, in (0, 1]
     memory_efficiency: float  # achieved / peak bandwidth, in (0, 1]
+    attention_efficiency: float = 1.0  # fused attention rate / matmul rate
+    special_rates: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -75,6 +82,22 @@ class DeviceSpec:
             object.__setattr__(
                 self, f, v.non_negative(f"{f} of device {self.name!r}", getattr(self, f))
             )
+        object.__setattr__(
+            self,
+            "special_rates",
+            v.frozen_float_map(f"special_rates of device {self.name!r}", self.special_rates),
+        )
+        bad = sorted(set(self.special_rates) - set(SPECIAL_FUNCTIONS))
+        if bad:
+            raise ValueError(
+                f"special_rates of device {self.name!r} has unknown functions {bad}; use "
+                f"{list(SPECIAL_FUNCTIONS)}"
+            )
+        object.__setattr__(
+            self,
+            "attention_efficiency",
+            v.positive(f"attention_efficiency of device {self.name!r}", self.attention_efficiency),
+        )
         for f in ("matmul_efficiency", "memory_efficiency"):
             object.__setattr__(
                 self, f, v.fraction(f"{f} of device {self.name!r}", getattr(self, f))
@@ -82,7 +105,9 @@ class DeviceSpec:
 
     def __hash__(self) -> int:
         items = tuple(
-            tuple(sorted(self.flops.items())) if f.name == "flops" else getattr(self, f.name)
+            tuple(sorted(getattr(self, f.name).items()))
+            if f.name in ("flops", "special_rates")
+            else getattr(self, f.name)
             for f in fields(self)
         )
         return hash(items)
@@ -101,6 +126,7 @@ class DeviceSpec:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["flops"] = dict(self.flops)
+        out["special_rates"] = dict(self.special_rates)
         return out
 
     @staticmethod
@@ -108,8 +134,9 @@ class DeviceSpec:
         """Parse the ``to_json`` form, or a known device name string."""
         if isinstance(obj, str):
             return lookup_device(obj)
-        names = {f.name for f in fields(DeviceSpec)}
-        d = v.check_keys("device", obj, names)
+        optional = {"attention_efficiency", "special_rates"}
+        names = {f.name for f in fields(DeviceSpec)} - optional
+        d = v.check_keys("device", obj, names, optional)
         return DeviceSpec(**d)
 
 

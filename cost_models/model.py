@@ -4,7 +4,8 @@ Contract: ``CostModel(cluster, mesh, profile=None)`` is a frozen value; construc
 raises ValueError unless ``mesh`` has as many devices as ``cluster``. When ``profile``
 is given its measured figures replace the device table's (``Profile.apply``). Methods:
 
-- ``compute_time(flops, bytes_moved, dtype)``: roofline seconds on one device.
+- ``compute_time(flops, bytes_moved, dtype, special, attention)``: roofline seconds on
+  one device (``cost_models.compute.compute_time``).
 - ``link(axis)``: the LinkSpec of a mesh axis (int index or axis name), or of a group
   spanning several axes (a tuple): intra-node only if every such group fits in a node.
 - ``collective_time(kind, nbytes, axis)``: ``comm.collective_time`` with n = the axis
@@ -13,6 +14,8 @@ is given its measured figures replace the device table's (``Profile.apply``). Me
   replaces the link's alpha and bandwidth for that kind.
 - ``memory_budget_bytes(headroom=0.9)``: usable bytes per device.
 - ``reshard_overhead_s``: the profile's per-layout-call runtime overhead (0.0 without).
+- ``param_use_s``: the profile's runtime overhead of one parameter use in its stored
+  layout (the profile's ``reshard_overhead_s`` when it has no such figure, else 0.0).
 - ``overlap``: the fraction of compute time under which parameter collectives (gradient
   reductions, FSDP/ZeRO gathers) can run: ``GPU_OVERLAP`` on GPUs, where NCCL runs on
   its own stream and FSDP/DDP prefetch and bucket them; 0 on CPU, where gloo
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +103,24 @@ class CostModel:
             return 0.0
         return self.profile.reshard_overhead_s
 
-    def compute_time(self, flops: float, bytes_moved: float, dtype: Any = "fp32") -> float:
-        return _compute_time(self.device, flops, bytes_moved, dtype)
+    @property
+    def param_use_s(self) -> float:
+        """Seconds of runtime overhead per parameter use in its stored layout."""
+        if self.profile is None:
+            return 0.0
+        if self.profile.param_use_s is not None:
+            return self.profile.param_use_s
+        return self.reshard_overhead_s
+
+    def compute_time(
+        self,
+        flops: float,
+        bytes_moved: float,
+        dtype: Any = "fp32",
+        special: Mapping[str, float] | None = None,
+        attention: bool = False,
+    ) -> float:
+        return _compute_time(self.device, flops, bytes_moved, dtype, special, attention)
 
     def _axis_index(self, axis: AxisRef) -> int:
         names = self.mesh.names

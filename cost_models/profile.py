@@ -7,8 +7,12 @@ kernel ``launch_floor_s``, and ``collectives``: per collective kind, its own fit
 ``CollectiveFit(alpha, bandwidth)`` on the calibration group's (intra-node) link, which
 ``CostModel`` prefers over ``intra_alpha``/``intra_bw`` for that kind, and
 ``reshard_overhead_s``: what one communication-free layout call of the runtime costs
-(forward and backward); no device figure holds it, so ``apply`` leaves it out and
-``CostModel.reshard_overhead_s`` reads it. ``apply(device)`` returns the device with those figures
+(forward and backward), and ``param_use_s``: what one use of a parameter in its stored
+layout costs the runtime (both measured by ``autopar.runtime.overhead``); no device
+figure holds them, so ``apply`` leaves them out and ``CostModel`` reads them. Also
+``attention_efficiency`` (fused attention's rate over the matmul rate) and
+``special_rates`` (special-function evaluations per second, per function), which
+``apply`` substitutes. ``apply(device)`` returns the device with those figures
 substituted; because they are achieved rates, efficiencies become 1.0 and table peaks
 the profile does not cover are pre-multiplied by the table efficiency, so unmeasured
 dtypes keep their modelled rate. JSON round trip via ``to_json``/``from_json`` and
@@ -28,7 +32,7 @@ from typing import Any
 from cost_models import _validate as v
 from cost_models.comm import COLLECTIVE_KINDS
 from cost_models.dtypes import FLOAT_KEYS
-from cost_models.hardware import DeviceSpec
+from cost_models.hardware import SPECIAL_FUNCTIONS, DeviceSpec
 
 _OPTIONAL_FLOATS = (
     "mem_bw",
@@ -38,8 +42,12 @@ _OPTIONAL_FLOATS = (
     "inter_alpha",
     "launch_floor_s",
     "reshard_overhead_s",
+    "param_use_s",
+    "attention_efficiency",
 )
-_ALPHA_LIKE = ("intra_alpha", "inter_alpha", "launch_floor_s", "reshard_overhead_s")
+_ALPHA_LIKE = (
+    "intra_alpha", "inter_alpha", "launch_floor_s", "reshard_overhead_s", "param_use_s",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,9 @@ class Profile:
     inter_alpha: float | None = None
     launch_floor_s: float | None = None
     reshard_overhead_s: float | None = None
+    param_use_s: float | None = None
+    attention_efficiency: float | None = None
+    special_rates: Mapping[str, float] = field(default_factory=dict)
     collectives: Mapping[str, CollectiveFit] = field(default_factory=dict)
     note: str = ""  # free text: where and how it was measured
 
@@ -88,6 +99,14 @@ class Profile:
                 f"{list(FLOAT_KEYS)}"
             )
         object.__setattr__(self, "matmul_flops", flops)
+        rates = v.frozen_float_map("profile special_rates", self.special_rates)
+        bad_fn = sorted(set(rates) - set(SPECIAL_FUNCTIONS))
+        if bad_fn:
+            raise ValueError(
+                f"profile special_rates has unknown functions {bad_fn}; use "
+                f"{list(SPECIAL_FUNCTIONS)}"
+            )
+        object.__setattr__(self, "special_rates", rates)
         if not isinstance(self.collectives, Mapping):
             raise ValueError(
                 "profile collectives must map a collective kind to {'alpha': s, 'bandwidth': "
@@ -113,7 +132,8 @@ class Profile:
     def __hash__(self) -> int:
         rest = tuple(getattr(self, n) for n in _OPTIONAL_FLOATS)
         fits = tuple(sorted(self.collectives.items()))
-        return hash((tuple(sorted(self.matmul_flops.items())), rest, fits, self.note))
+        special = tuple(sorted(self.special_rates.items()))
+        return hash((tuple(sorted(self.matmul_flops.items())), rest, fits, special, self.note))
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # read-only maps do not pickle
         return Profile.from_json, (self.to_json(),)
@@ -123,6 +143,7 @@ class Profile:
         return (
             not self.matmul_flops
             and not self.collectives
+            and not self.special_rates
             and all(getattr(self, n) is None for n in _OPTIONAL_FLOATS)
         )
 
@@ -140,6 +161,10 @@ class Profile:
             changes.update(flops=flops, matmul_efficiency=1.0)
         if self.mem_bw is not None:
             changes.update(mem_bw=self.mem_bw, memory_efficiency=1.0)
+        if self.special_rates:
+            changes["special_rates"] = {**device.special_rates, **self.special_rates}
+        if self.attention_efficiency is not None:
+            changes["attention_efficiency"] = self.attention_efficiency
         for mine, theirs in (
             ("intra_bw", "intra_node_bw"),
             ("intra_alpha", "intra_alpha"),
@@ -156,6 +181,8 @@ class Profile:
         for n in _OPTIONAL_FLOATS:
             if getattr(self, n) is not None:
                 out[n] = getattr(self, n)
+        if self.special_rates:
+            out["special_rates"] = dict(self.special_rates)
         if self.collectives:
             out["collectives"] = {k: f.to_json() for k, f in sorted(self.collectives.items())}
         if self.note:
@@ -165,7 +192,10 @@ class Profile:
     @staticmethod
     def from_json(obj: Any) -> Profile:
         d = v.check_keys(
-            "profile", obj, set(), {"matmul_flops", *_OPTIONAL_FLOATS, "collectives", "note"}
+            "profile",
+            obj,
+            set(),
+            {"matmul_flops", *_OPTIONAL_FLOATS, "special_rates", "collectives", "note"},
         )
         return Profile(**d)
 

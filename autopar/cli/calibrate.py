@@ -2,7 +2,8 @@
 
 Contract: ``calibrate_on_ranks(nproc, budget_s, timeout, backend, path)`` spawns ``nproc``
 ranks (gloo on CPU; NCCL when asked, or by default when there is one GPU per rank),
-runs ``cost_models.calibrate.run_calibration`` on all of them and returns rank 0's
+runs ``autopar.runtime.overhead.calibrate_runtime`` (the hardware micro-benchmarks of
+``cost_models.calibrate`` plus the runtime's own per-call costs) on all of them and returns rank 0's
 ``Calibration``, or raises RuntimeError when a rank fails, a rank dies, or ``timeout``
 seconds pass (every rank is ended then). ``cmd_calibrate`` writes the profile (only
 rank 0's result is written, by the parent) and prints the fitted figures. Exit codes
@@ -21,9 +22,9 @@ from autopar.runtime.ranks import spawn_ranks
 
 
 def _calibrate_rank(rank: int, nproc: int, budget_s: float, path: str) -> Any:
-    from cost_models.calibrate import run_calibration
+    from autopar.runtime.overhead import calibrate_runtime
 
-    cal = run_calibration(budget_s=budget_s, path=path)
+    cal = calibrate_runtime(budget_s=budget_s, path=path)
     return cal if rank == 0 else None
 
 

@@ -61,6 +61,7 @@ def explain_all(plan: Plan, top: int | None) -> None:
 def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
     """Every strategy of node ``name`` priced against its neighbours' chosen layouts."""
     from autopar.cli.planning import rebuild
+    from autopar.cost import collective_seconds
     from autopar.solve.graph import build_graph
     from autopar.solve.planner import Pricing
     from autopar.solve.presets import restrict
@@ -81,7 +82,7 @@ def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
     pricing = Pricing.of(graph, cm, plan.predicted.optimizer)
 
     def price(groups: tuple[list[Any], ...]) -> float:
-        return sum(cm.collective_time(c.kind, c.nbytes, c.axis) for g in groups for c in g)
+        return sum(collective_seconds(cm, c) for g in groups for c in g)
 
     def as_planned(nname: str) -> Any:
         """The strategy the plan chose for a neighbour."""

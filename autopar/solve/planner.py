@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from autopar.capture import Captured
 from autopar.cost import (
     Collective,
+    collective_seconds,
     collectives_seconds,
     compute_seconds,
     edge_collectives,
@@ -64,16 +65,15 @@ class _CollectivePrices:
 
     def __init__(self, cm: CostModel) -> None:
         self.cm = cm
-        self.memo: dict[tuple[str, int, int], float] = {}
+        self.memo: dict[Collective, float] = {}
 
     def __call__(self, *collectives: list[Collective]) -> float:
         total = 0.0
         for group in collectives:
             for c in group:
-                key = (c.kind, c.nbytes, c.axis)
-                if key not in self.memo:
-                    self.memo[key] = self.cm.collective_time(*key)
-                total += self.memo[key]
+                if c not in self.memo:
+                    self.memo[c] = collective_seconds(self.cm, c)
+                total += self.memo[c]
         return total
 
 
@@ -125,13 +125,16 @@ class Pricing:
         self, src: PNode, s_src: Strategy, idx: int, s_dst: Strategy, slot: int
     ) -> float:
         """Runtime overhead of the ``reshard`` call ``codegen.lower`` inserts on this edge
-        (none where the value and its gradient already have the layouts needed)."""
-        if not self.cm.reshard_overhead_s:
-            return 0.0
+        (none where the value and its gradient already have the layouts needed). A
+        parameter used in its stored layout takes the runtime's cheap path
+        (``CostModel.param_use_s``); a moved one pays that and a layout call."""
         full = tuple(R for _ in self.graph.mesh.sizes)
         lay = full if src.kind == "input" else s_src.outs[idx]
         dst, grad = s_dst.ins[slot], s_dst.grads[slot]
-        free = lay == dst and grad == grad_of(dst) and src.kind != "param" and lay == grad_of(lay)
+        if src.kind == "param":
+            moved = self.cm.reshard_overhead_s if lay != dst else 0.0
+            return self.cm.param_use_s + moved
+        free = lay == dst and grad == grad_of(dst) and lay == grad_of(lay)
         return 0.0 if free else self.cm.reshard_overhead_s
 
     def optimizer_seconds(self, node: PNode, s: Strategy) -> float:

@@ -123,6 +123,20 @@ def test_assembled_profile_round_trip(tmp_path: Path) -> None:
     assert "all_reduce" in cal.table() and "GFLOP/s" in cal.table()
 
 
+def test_param_use_figure() -> None:
+    """A profile without ``param_use_s`` (older files) prices a parameter use as a layout
+    call; with it, the measured figure; without a profile, nothing."""
+    mesh = MeshSpec.of(2)
+    old = Profile(reshard_overhead_s=50e-6)
+    assert CostModel(ClusterSpec.cpu(2), mesh, old).param_use_s == 50e-6
+    new = Profile(reshard_overhead_s=50e-6, param_use_s=20e-6)
+    assert CostModel(ClusterSpec.cpu(2), mesh, new).param_use_s == 20e-6
+    assert CostModel(ClusterSpec.cpu(2), mesh).param_use_s == 0.0
+    assert Profile.from_json(json.loads(json.dumps(new.to_json()))) == new
+    with pytest.raises(ValueError, match="param_use_s"):
+        Profile(param_use_s=-1.0)
+
+
 def test_profile_collectives_field() -> None:
     p = Profile(collectives={"all_gather": {"alpha": 1e-4, "bandwidth": 2e9}})
     assert p.collectives["all_gather"] == CollectiveFit(1e-4, 2e9)

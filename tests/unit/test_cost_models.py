@@ -362,3 +362,53 @@ def test_detect_cluster_gpu_mocked(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", boom)
     assert detect_cluster().device.is_cpu  # never raises
+
+
+def test_special_functions_and_attention_efficiency() -> None:
+    """Special functions bound an op only where the device has a rate for them; attention
+    runs at the device's attention efficiency of the matmul rate."""
+    import dataclasses
+
+    cpu = DEVICES["CPU"]
+    assert compute_time(cpu, 0, 1e3, "fp32", {"tanh": 1e6}) == compute_time(cpu, 0, 1e3, "fp32")
+    slow = dataclasses.replace(cpu, special_rates={"tanh": 1e8}, attention_efficiency=0.5)
+    assert compute_time(slow, 0, 1e3, "fp32", {"tanh": 1e6}) == pytest.approx(1e-2 + 10e-6)
+    assert compute_time(slow, 0, 0, "fp32", {"tanh": 1e6}) > 0  # special alone is work
+    assert compute_time(slow, 25e9, 0, "fp32", attention=True) == pytest.approx(
+        2 * compute_time(slow, 25e9, 0, "fp32") - 10e-6
+    )
+    assert DeviceSpec.from_json(slow.to_json()) == slow
+    with pytest.raises(ValueError, match="unknown functions"):
+        dataclasses.replace(cpu, special_rates={"cosh": 1e9})
+    p = Profile(special_rates={"exp": 2e9}, attention_efficiency=0.7)
+    applied = p.apply(cpu)
+    assert applied.special_rates == {"exp": 2e9} and applied.attention_efficiency == 0.7
+
+
+def test_op_special_work_and_relayout() -> None:
+    """Rules are data: tanh evaluates one tanh per element forward and none backward;
+    cross-entropy one exp per logit each way. A gather on dim 1 copies the tensor once
+    more (collectives concatenate along dim 0); on dim 0 it does not."""
+    import torch
+
+    from autopar.cost import Collective, collective_seconds, special_work, transition
+    from autopar.placement import R, Shard
+    from autopar.strategies.types import OpView, TensorMeta
+
+    x = TensorMeta((4, 8), torch.float32)
+    tanh = OpView(torch.ops.aten.tanh.default, (), {}, (x,), (x,))
+    assert special_work(tanh, needs_grad=True) == {"tanh": 32.0}
+    loss = OpView(
+        torch.ops.aten.cross_entropy_loss.default, (), {}, (x,), (TensorMeta((), torch.float32),)
+    )
+    assert special_work(loss, needs_grad=True) == {"exp": 64.0}
+    assert special_work(loss, needs_grad=False) == {"exp": 32.0}
+    add = OpView(torch.ops.aten.add.Tensor, (), {}, (x, x), (x,))
+    assert special_work(add, needs_grad=True) == {}
+    dim0 = transition((Shard(0),), (R,), x, (2,))
+    dim1 = transition((Shard(1),), (R,), x, (2,))
+    assert [c.relayout for c in dim0] == [False] and [c.relayout for c in dim1] == [True]
+    cm = CostModel(ClusterSpec.cpu(2), MeshSpec.of(2))
+    plain = collective_seconds(cm, Collective("all_gather", 0, 1 << 20))
+    moved = collective_seconds(cm, Collective("all_gather", 0, 1 << 20, relayout=True))
+    assert moved == pytest.approx(plain + cm.compute_time(0, 2 << 20))

@@ -1,0 +1,121 @@
+"""What the runtime's own calls cost: measured with the real ``Reshard`` on the live group.
+
+Contract: ``runtime_overheads(group=None, budget_s=1.0)`` must be called on every rank of
+an initialised process group (as ``cost_models.calibrate.run_calibration``); every rank
+returns the same ``RuntimeOverheads`` (each figure the slowest rank's), in seconds per
+call, forward plus backward, with no communication in them:
+
+- ``param_use_s``: a parameter used in the layout it is stored in (``Reshard``'s fast
+  path, the DTensor gradient it hands back and autograd's accumulation into ``.grad``);
+- ``reshard_s``: a layout call on an activation (``DTensor`` wrap and unwrap with
+  declared gradient placements), the per-call framework cost of every activation move.
+
+Each is the time of a chain of such calls minus the same chain without them, divided by
+its length. ``calibrate_runtime(budget_s, path)`` runs ``run_calibration`` and then this,
+and returns the ``Calibration`` whose profile carries both figures
+(``Profile.param_use_s``, ``Profile.reshard_overhead_s``): what the planner prices a
+generated program's calls with. They are the runtime's, so they are measured here, not in
+``cost_models``, which must not depend on the runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+CHAIN = 16  # calls per timed chain
+
+
+@dataclass(frozen=True)
+class RuntimeOverheads:
+    param_use_s: float
+    reshard_s: float
+
+
+def _per_call(fn: Callable[[], object], budget_s: float) -> float:
+    fn()
+    start = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - start, 1e-7)
+    reps = max(1, min(200, int(budget_s / 5 / one)))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - start) / reps)
+    return statistics.median(times)
+
+
+def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverheads:
+    """Per-call seconds of the runtime's layout calls (see the module docstring)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    from autopar.runtime.reshard import Reshard
+
+    pg = group if group is not None else dist.group.WORLD
+    if pg is None:
+        raise RuntimeError("runtime_overheads needs an initialised process group")
+    backend = str(dist.get_backend(pg))
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+    sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
+    mesh = DeviceMesh.from_group(pg, torch.device(device).type)
+    reshard = Reshard(mesh)
+    params = [
+        torch.nn.Parameter(distribute_tensor(torch.ones(4, device=device), mesh, [Replicate()]))
+        for _ in range(CHAIN)
+    ]
+    plain = [torch.nn.Parameter(torch.ones(4, device=device)) for _ in range(CHAIN)]
+
+    def uses(through: bool) -> None:
+        total = torch.zeros((), device=device)
+        for p, q in zip(params, plain):
+            total = total + (reshard(p, "R", "R", "R") if through else q).sum()
+        total.backward()
+        for p, q in zip(params, plain):
+            p.grad = q.grad = None
+        sync()
+
+    leaf = torch.ones(2 * dist.get_world_size(pg), device=device, requires_grad=True)
+
+    def moves(through: bool) -> None:
+        y = leaf * 1.0
+        if through:
+            for _ in range(CHAIN):
+                y = reshard(y, "S(0)", "S(0)", "S(0)")
+        y.sum().backward()
+        leaf.grad = None
+        sync()
+
+    each = budget_s / 4
+    dist.barrier(group=pg)
+    figures = [
+        (_per_call(lambda: uses(True), each) - _per_call(lambda: uses(False), each)) / CHAIN,
+        (_per_call(lambda: moves(True), each) - _per_call(lambda: moves(False), each)) / CHAIN,
+    ]
+    agreed = torch.tensor(figures, dtype=torch.float64, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=pg)
+    param_use, move = (max(0.0, float(x)) for x in agreed.cpu())
+    return RuntimeOverheads(param_use, move)
+
+
+def calibrate_runtime(budget_s: float = 8.0, path: str = "dtensor", group: Any = None) -> Any:
+    """``run_calibration`` plus ``runtime_overheads``: the ``Calibration`` whose profile
+    prices the generated program's calls. Call on every rank."""
+    from cost_models.calibrate import run_calibration
+
+    cal = run_calibration(group, budget_s, path)
+    over = runtime_overheads(group, max(0.5, budget_s / 8))
+    profile = dataclasses.replace(
+        cal.profile, param_use_s=over.param_use_s, reshard_overhead_s=over.reshard_s
+    )
+    return dataclasses.replace(
+        cal, profile=profile, reshard_overhead_s=over.reshard_s, param_use_s=over.param_use_s
+    )
