@@ -108,9 +108,7 @@ def compute_samples(budget_s: float, device: Any, sync: Callable[[], None]) -> d
     grad = torch.randn(*ATTENTION_SHAPE, device=device)
 
     def attention() -> None:
-        o = torch.nn.functional.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], is_causal=True
-        )
+        o = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
         o.backward(grad)
         for t in qkv:
             t.grad = None
