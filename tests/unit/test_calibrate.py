@@ -138,7 +138,7 @@ def test_param_use_figure() -> None:
 
 
 def test_profile_collectives_field() -> None:
-    p = Profile(collectives={"all_gather": {"alpha": 1e-4, "bandwidth": 2e9}})
+    p = Profile(collectives={"all_gather": {"alpha": 1e-4, "bandwidth": 2e9}})  # type: ignore[dict-item]
     assert p.collectives["all_gather"] == CollectiveFit(1e-4, 2e9)
     assert not p.is_empty
     with pytest.raises(ValueError, match="unknown kinds"):
