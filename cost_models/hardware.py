@@ -41,6 +41,15 @@ _FLOPS_FALLBACK: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
+def special_rate_map(what: str, value: Any) -> Mapping[str, float]:
+    """A read-only ``{special function: positive rate}`` copy of ``value``."""
+    rates = v.frozen_float_map(what, value)
+    bad = sorted(set(rates) - set(SPECIAL_FUNCTIONS))
+    if bad:
+        raise ValueError(f"{what} has unknown functions {bad}; use {list(SPECIAL_FUNCTIONS)}")
+    return rates
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
@@ -85,14 +94,8 @@ class DeviceSpec:
         object.__setattr__(
             self,
             "special_rates",
-            v.frozen_float_map(f"special_rates of device {self.name!r}", self.special_rates),
+            special_rate_map(f"special_rates of device {self.name!r}", self.special_rates),
         )
-        bad = sorted(set(self.special_rates) - set(SPECIAL_FUNCTIONS))
-        if bad:
-            raise ValueError(
-                f"special_rates of device {self.name!r} has unknown functions {bad}; use "
-                f"{list(SPECIAL_FUNCTIONS)}"
-            )
         object.__setattr__(
             self,
             "attention_efficiency",

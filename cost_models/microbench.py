@@ -57,7 +57,9 @@ def _cold_pool(numel: int, device: Any, positive: bool = False) -> list[Any]:
 
 
 def _cycling(pool: list[Any], op: Callable[..., object]) -> Callable[[], object]:
-    out = _empty_like(pool[0])
+    import torch
+
+    out = torch.empty_like(pool[0])
     state = {"k": 0}
 
     def call() -> None:
@@ -70,12 +72,6 @@ def _cycling(pool: list[Any], op: Callable[..., object]) -> Callable[[], object]
 
 def _unary(f: Callable[..., object]) -> Callable[..., object]:
     return lambda x, _y, z: f(x, out=z)
-
-
-def _empty_like(t: Any) -> Any:
-    import torch
-
-    return torch.empty_like(t)
 
 
 def compute_samples(budget_s: float, device: Any, sync: Callable[[], None]) -> dict[str, Any]:

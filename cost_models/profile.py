@@ -32,7 +32,7 @@ from typing import Any
 from cost_models import _validate as v
 from cost_models.comm import COLLECTIVE_KINDS
 from cost_models.dtypes import FLOAT_KEYS
-from cost_models.hardware import SPECIAL_FUNCTIONS, DeviceSpec
+from cost_models.hardware import DeviceSpec, special_rate_map
 
 _OPTIONAL_FLOATS = (
     "mem_bw",
@@ -99,13 +99,7 @@ class Profile:
                 f"{list(FLOAT_KEYS)}"
             )
         object.__setattr__(self, "matmul_flops", flops)
-        rates = v.frozen_float_map("profile special_rates", self.special_rates)
-        bad_fn = sorted(set(rates) - set(SPECIAL_FUNCTIONS))
-        if bad_fn:
-            raise ValueError(
-                f"profile special_rates has unknown functions {bad_fn}; use "
-                f"{list(SPECIAL_FUNCTIONS)}"
-            )
+        rates = special_rate_map("profile special_rates", self.special_rates)
         object.__setattr__(self, "special_rates", rates)
         if not isinstance(self.collectives, Mapping):
             raise ValueError(

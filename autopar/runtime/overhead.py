@@ -21,9 +21,6 @@ generated program's calls with. They are the runtime's, so they are measured her
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,21 +33,6 @@ class RuntimeOverheads:
     reshard_s: float
 
 
-def _per_call(fn: Callable[[], object], budget_s: float) -> float:
-    fn()
-    start = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - start, 1e-7)
-    reps = max(1, min(200, int(budget_s / 5 / one)))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - start) / reps)
-    return statistics.median(times)
-
-
 def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverheads:
     """Per-call seconds of the runtime's layout calls (see the module docstring)."""
     import torch
@@ -59,6 +41,7 @@ def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverhe
     from torch.distributed.tensor import Replicate, distribute_tensor
 
     from autopar.runtime.reshard import Reshard
+    from cost_models.microbench import median_per_call
 
     pg = group if group is not None else dist.group.WORLD
     if pg is None:
@@ -97,8 +80,16 @@ def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverhe
     each = budget_s / 4
     dist.barrier(group=pg)
     figures = [
-        (_per_call(lambda: uses(True), each) - _per_call(lambda: uses(False), each)) / CHAIN,
-        (_per_call(lambda: moves(True), each) - _per_call(lambda: moves(False), each)) / CHAIN,
+        (
+            median_per_call(lambda: uses(True), each, sync)
+            - median_per_call(lambda: uses(False), each, sync)
+        )
+        / CHAIN,
+        (
+            median_per_call(lambda: moves(True), each, sync)
+            - median_per_call(lambda: moves(False), each, sync)
+        )
+        / CHAIN,
     ]
     agreed = torch.tensor(figures, dtype=torch.float64, device=device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=pg)
