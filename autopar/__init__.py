@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compile", "MeshSpec", "Plan"]
+__all__ = ["compile", "MeshSpec", "Plan", "save_checkpoint", "load_checkpoint"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from autopar.plan import Plan
 
         return Plan
+    if name in ("save_checkpoint", "load_checkpoint"):
+        from autopar.runtime import checkpoint
+
+        return getattr(checkpoint, name)
     raise AttributeError(name)

@@ -7,12 +7,24 @@ program: parameters and buffers are ``get_attr`` nodes named by their original F
 every tensor node has ``meta["val"]`` (shape, dtype) and ``meta["nn_module_stack"]``.
 Runtime-only nodes (shape asserts, input guards) are removed. A model that cannot be
 traced raises ``CaptureError`` naming the source line and a fix.
+
+Training-mode switches are handled here, never by editing the model or its config: when
+``model.forward`` takes ``use_cache`` and the call does not set it, capture passes
+``use_cache=False`` (a Hugging Face causal LM or T5 in train mode otherwise returns a KV
+cache object, which torch.export rejects); and any KV cache object (``transformers``'
+``Cache``) left in the output is dropped from it. The captured graph's outputs are the
+model's other outputs (loss, logits, ...) unchanged, and its inputs are exactly ``args`` and
+``kwargs`` as given.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +45,10 @@ class Captured:
     buffer_names: tuple[str, ...]
     example_args: tuple[Any, ...]
     example_kwargs: dict[str, Any]
+    # plan every output replicated (a pipeline stage sends them); False: only the loss
+    whole_outputs: bool = False
+    # the inputs carry gradients back (a pipeline stage after the first)
+    input_grads: bool = False
 
 
 _LINE = re.compile(
@@ -60,7 +76,12 @@ def _explain(model: torch.nn.Module, err: Exception) -> CaptureError:
             "depend on shapes or Python flags, or use torch.cond / torch.where"
         )
     elif "DynamicCache" in text or "Cache" in type(err).__name__:
-        hint = "the model returns a KV cache; build it with `use_cache=False` in its config"
+        hint = (
+            "the model returns a KV cache object that torch.export cannot carry; autopar drops "
+            "transformers' Cache objects from the output and passes use_cache=False when the "
+            "forward takes it, so this cache is of another kind: return the tensors it holds, "
+            "or nothing, from forward"
+        )
     else:
         hint = (
             "check that the forward is traceable by torch.export.export(model, args, kwargs, "
@@ -82,7 +103,7 @@ def capture(
             "wrap a single tensor as (x,)"
         )
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _training_switches(model, args, kwargs):
             warnings.simplefilter("ignore")
             exported = torch.export.export(model, args, kwargs, strict=False)
     except Exception as err:  # export raises many error types; all become one message
@@ -103,6 +124,62 @@ def capture(
         if spec.kind.name in ("BUFFER", "CONSTANT_TENSOR") and spec.target is not None
     )
     return Captured(gm, trainable, buffers, args, kwargs)
+
+
+@contextlib.contextmanager
+def _training_switches(
+    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Iterator[None]:
+    """Hooks on ``model`` for the duration of the export (see the module docstring)."""
+    handles = []
+    if _takes_unset(model, "use_cache", args, kwargs):
+        handles.append(model.register_forward_pre_hook(_no_cache, with_kwargs=True))
+    handles.append(model.register_forward_hook(_drop_caches))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _takes_unset(model: torch.nn.Module, name: str, args: tuple[Any, ...], kwargs: dict) -> bool:
+    """Whether ``model.forward`` has a parameter ``name`` that this call leaves unset."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return False
+    param = sig.parameters.get(name)
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        return False
+    try:
+        return name not in sig.bind_partial(*args, **kwargs).arguments
+    except TypeError:  # the call does not fit the signature: export will say so
+        return False
+
+
+def _no_cache(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, {**kwargs, "use_cache": False}
+
+
+def _cache_types() -> tuple[type, ...]:
+    utils = sys.modules.get("transformers.cache_utils")  # loaded if the model is an HF one
+    cache = getattr(utils, "Cache", None) if utils is not None else None
+    return (cache,) if isinstance(cache, type) else ()
+
+
+def _drop_caches(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    """The output without KV cache objects (None: keep it as it is)."""
+    kinds = _cache_types()
+    if not kinds:
+        return None
+    if isinstance(output, dict) and any(isinstance(v, kinds) for v in output.values()):
+        kept = {k: v for k, v in output.items() if not isinstance(v, kinds)}
+        return kept if type(output) is dict else type(output)(**kept)
+    if type(output) in (tuple, list) and any(isinstance(v, kinds) for v in output):
+        return type(output)(None if isinstance(v, kinds) else v for v in output)
+    return None
 
 
 def _drop_unused_params(gm: fx.GraphModule, params: tuple[str, ...]) -> set[str]:

@@ -10,23 +10,30 @@ Contract:
   the value needs a gradient, the backward transition of its gradient (the consumer's
   gradient layout back to the producer's layout with ``Partial`` read as replicated).
   With ``regather`` (an FSDP parameter whose gathered copy autograd keeps for backward
-  is freed after forward) the forward gather is issued again in backward.
+  is freed after forward) the forward gather is issued again in backward. ``gathered``
+  is what a forward move carries when it differs from the value (a parameter gathered
+  in bf16 from its fp32 master under bf16-mixed); the gradient moves at ``meta``'s dtype.
 - ``compute_seconds`` prices a strategy's compute: a roofline of the op's FLOPs, bytes
   and special-function evaluations (``SPECIAL``: exp, tanh, erf, log per element, which
   bound element-wise ops on CPUs) divided by the ways the strategy splits it, attention
   at the device's attention efficiency, forward plus backward, where backward is
-  priced per op (``backward_work``): a matmul's backward computes one product per operand
-  that needs a gradient (2x forward when both do, 1x for a weight-only gradient),
+  priced per op (``backward_work``): a matmul's or a convolution's backward computes one
+  product per operand that needs a gradient (2x forward when both do, 1x for a
+  weight-only gradient),
   attention's backward is 2.5x its forward, other ops move about their forward bytes once.
   A cast to the dtype the tensor already has (``aten.to``/``type_as``) returns its input
-  in eager PyTorch and costs nothing.
+  in eager PyTorch and costs nothing. Any dtype is priced (``cost_models.dtypes``: bytes
+  by itemsize; complex at its real part's FLOP rate), never refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autopar.placement import Layout, Partial, Placement, R, Replicate, Shard
+from autopar.placement import Layout, Partial, R, Shard
+from autopar.steps import COLLECTIVES as STEP_COLLECTIVES
+from autopar.steps import walk_axes
+from autopar.strategies.rules_linear import conv_flops, einsum_flops
 from autopar.strategies.types import OpView, Strategy, TensorMeta
 from cost_models import CostModel
 
@@ -68,44 +75,24 @@ class Collective:
         return out
 
 
-def _kind(s: Placement, d: Placement) -> str | None:
-    if s == d:
-        return None
-    if isinstance(d, Replicate):
-        return "all_gather" if isinstance(s, Shard) else "all_reduce"
-    if isinstance(d, Shard):
-        if isinstance(s, Replicate):
-            return None
-        return "reduce_scatter" if isinstance(s, Partial) else "all_to_all"
-    # d is Partial
-    if isinstance(s, Replicate):
-        return None
-    return "all_gather" if isinstance(s, Shard) else "all_reduce"
-
-
-def _other_factor(layout_a: Layout, layout_b: Layout, axis: int, sizes: tuple[int, ...]) -> int:
-    """Sharding on the other axes that already applies while ``axis`` is moved."""
-    f = 1
-    for a, n in enumerate(sizes):
-        if a == axis:
-            continue
-        p = layout_b[a] if a < axis else layout_a[a]
-        if isinstance(p, Shard):
-            f *= n
-    return f
-
-
 def transition(
     src: Layout, dst: Layout, meta: TensorMeta, sizes: tuple[int, ...]
 ) -> list[Collective]:
+    """One ``Collective`` per communicating step the runtime runs for this move
+    (``autopar.steps.walk_axes``), on the bytes of the tensor over that axis' group at
+    that step (the full tensor divided by the other axes that split it then)."""
     found = []
-    for axis, (s, d) in enumerate(zip(src, dst)):
-        kind = _kind(s, d)
-        if kind is not None:
-            nbytes = meta.nbytes // _other_factor(src, dst, axis, sizes)
-            dims = [p.dim for p in (s, d) if isinstance(p, Shard) and kind != "all_reduce"]
-            relayout = kind == "all_to_all" or any(dim != 0 for dim in dims)
-            found.append(Collective(kind, axis, nbytes, relayout))
+    for step, before in walk_axes(src, dst):
+        kind, axis = step[0], step[1]
+        if kind not in STEP_COLLECTIVES:
+            continue
+        other = 1
+        for a, p in enumerate(before):
+            if a != axis and isinstance(p, Shard):
+                other *= sizes[a]
+        relayout = kind == "all_to_all" or (kind[:10] != "all_reduce" and step[2] != 0)
+        kind = "all_reduce" if kind == "all_reduce_avg" else kind
+        found.append(Collective(kind, axis, meta.nbytes // other, relayout))
     return found
 
 
@@ -122,8 +109,9 @@ def edge_collectives(
     needs_grad: bool,
     sizes: tuple[int, ...],
     regather: bool = False,
+    gathered: TensorMeta | None = None,
 ) -> tuple[list[Collective], list[Collective]]:
-    fwd = transition(src, dst, meta, sizes)
+    fwd = transition(src, dst, gathered or meta, sizes)
     bwd = transition(grad, grad_of(src), meta, sizes) if needs_grad else []
     if regather and fwd:
         bwd = fwd + bwd  # gather again before the op's backward, then reduce its gradient
@@ -150,12 +138,23 @@ def _same_dtype_cast(op: OpView) -> bool:
     )
 
 
+def returns_input(op: OpView, family: str) -> bool:
+    """The op hands back its input's storage (a view, a cast to the dtype it already has,
+    an alias): it costs nothing and holds no memory of its own."""
+    name = str(op.target)
+    return family == "view" or _same_dtype_cast(op) or name.startswith(
+        ("aten.alias.", "aten.detach.", "aten.lift_fresh_copy.")
+    )
+
+
 def op_work(op: OpView, family: str) -> tuple[float, float]:
     """(FLOPs, bytes moved) of one forward execution of the whole op."""
-    if family == "view" or _same_dtype_cast(op):
+    if returns_input(op, family):
         return 0.0, 0.0
     out = op.outputs[0] if op.outputs else None
     nbytes = float(sum(m.nbytes for m in op.inputs) + sum(m.nbytes for m in op.outputs))
+    if family == "matmul" and _op_name(op) == "einsum":
+        return einsum_flops(op), nbytes
     if family == "matmul" and out is not None:
         a = op.inputs[1] if op.target is not None and "addmm" in str(op.target) else op.inputs[0]
         if "baddbmm" in str(op.target):
@@ -164,7 +163,16 @@ def op_work(op: OpView, family: str) -> tuple[float, float]:
     if family == "scaled_dot_product_attention":
         q, k = op.inputs[0], op.inputs[1]
         return 4.0 * q.numel * k.shape[-2], nbytes
+    if family == "conv" and out is not None:
+        return conv_flops(op, _conv_transposed(op)), nbytes
     return float(out.numel if out is not None else 0), nbytes
+
+
+def _conv_transposed(op: OpView) -> bool:
+    name = _op_name(op)
+    if name.startswith("conv_transpose"):
+        return True
+    return name in ("convolution", "_convolution") and bool(op.arg(6, "transposed", False))
 
 
 def _op_name(op: OpView) -> str:
@@ -191,7 +199,7 @@ def backward_work(
     grads = input_grads if input_grads is not None else tuple(True for _ in op.inputs)
     if not any(grads):
         return 0.0, 0.0
-    if family == "matmul":
+    if family in ("matmul", "conv"):
         name = getattr(getattr(op.target, "overloadpacket", None), "__name__", str(op.target))
         a, b = MATMUL_OPERANDS.get(name, (0, 1))
         n = sum(1 for k in (a, b) if k < len(grads) and grads[k])
@@ -233,8 +241,9 @@ def model_flops(
 
 def kernel_collectives(strategy: Strategy) -> list[Collective]:
     """Collectives issued inside a custom kernel: the sharded cross-entropy all-reduces
-    its loss sum and its count of counted targets over each axis that splits the batch."""
+    its loss sum and its count of counted targets together (one 2-element all-reduce)
+    over each axis that splits the batch."""
     if strategy.kernel != "sharded_cross_entropy":
         return []
     axes = [a for a, k in enumerate(strategy.kernels) if k]
-    return [Collective("all_reduce", a, 4) for _ in ("sum", "count") for a in axes]
+    return [Collective("all_reduce", a, 8) for a in axes]

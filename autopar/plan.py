@@ -3,14 +3,18 @@
 Contract: a ``Plan`` holds the mesh, the strategy preset, every node's chosen layouts
 (inputs, outputs, gradients, custom kernel), every inserted reshard with the
 collectives it issues in forward and backward, and the predicted costs. ``to_json`` /
-``Plan.from_json`` round-trip exactly; ``from_json`` validates the schema and raises
-``PlanError`` saying what is wrong. Plans are never pickled. ``summary()`` prints a
-per-layer table a person can read.
+``Plan.from_json`` round-trip exactly. Plans are untrusted data: ``from_json`` (and
+``load``) checks every field (types, finite non-negative costs, known kinds, unique node
+names, reshards consistent with their nodes: ``autopar.plan_check.check_fields``) and
+raises ``PlanError`` naming the field or node, what it must be and how to get a good
+plan; ``plan_check.check_against(plan, captured)`` checks it against a captured graph.
+Plans are never pickled. ``summary()`` prints a per-layer table a person can read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,10 @@ from autopar.mesh import MeshSpec
 from autopar.placement import Layout, Shard, layout_from_json, layout_str, layout_to_json
 
 SCHEMA_VERSION = 1
+REMAKE = (
+    "re-create the plan with `autopar plan MODEL --json PATH` (or Plan.save) instead of "
+    "editing it by hand"
+)
 
 
 class PlanError(ValueError):
@@ -123,6 +131,7 @@ class Plan:
     pipeline: dict[str, Any] | None = field(default=None, compare=False)
     # the standard baselines priced beside this plan: name -> {"step_time_s": ..., ...}
     baselines: dict[str, Any] = field(default_factory=dict, compare=False)
+    precision: str = "fp32"  # autopar.precision: how the program stores and computes
     version: int = SCHEMA_VERSION
     _index: dict[str, NodePlan] = field(default_factory=dict, compare=False, repr=False)
 
@@ -178,6 +187,7 @@ class Plan:
             "source": self.source,
             "pipeline": self.pipeline,
             "baselines": self.baselines,
+            "precision": self.precision,
             "nodes": [
                 {
                     "name": n.name, "op": n.op, "kind": n.kind, "module": n.module,
@@ -218,16 +228,23 @@ class Plan:
                 f"cannot read plan {path}: {err}. Pass a JSON file written by "
                 "`autopar plan --json` or Plan.save"
             ) from err
-        return Plan.from_json(obj)
+        try:
+            return Plan.from_json(obj)
+        except PlanError as err:
+            raise PlanError(f"plan {path}: {err}") from None
 
     @staticmethod
     def from_json(obj: Any) -> Plan:
+        """Parse and validate (``plan_check.check_fields``): a bad field raises
+        ``PlanError`` naming it, what it must be, and how to get a good plan."""
         try:
             return _from_json(obj)
-        except PlanError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise PlanError(f"invalid plan JSON: {type(err).__name__}: {err}") from err
+        except PlanError as err:
+            raise PlanError(f"{err}; {REMAKE}") from None
+        except KeyError as err:
+            raise PlanError(f"invalid plan JSON: the field {err} is missing; {REMAKE}") from None
+        except (TypeError, ValueError) as err:
+            raise PlanError(f"invalid plan JSON ({err}); {REMAKE}") from None
 
     # ---- people ----------------------------------------------------------------------
     def summary(self) -> str:
@@ -285,13 +302,81 @@ def _natural(key: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in key.replace(".", " . ").split()]
 
 
-def _collective(c: Any) -> CollectivePlan:
-    if c["phase"] not in ("forward", "backward"):
-        raise PlanError(f"collective phase must be forward or backward, got {c['phase']!r}")
-    return CollectivePlan(str(c["kind"]), str(c["axis"]), int(c["nbytes"]), str(c["phase"]))
+def _str(x: Any, where: str) -> str:
+    if not isinstance(x, str):
+        raise PlanError(f"{where} must be a string, got {x!r}")
+    return x
+
+
+def _int(x: Any, where: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+        raise PlanError(f"{where} must be a whole number >= 0, got {x!r}")
+    return x
+
+
+def _float(x: Any, where: str) -> float:
+    """A cost or figure: finite and >= 0 (JSON lets NaN and Infinity through)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+        raise PlanError(f"{where} must be a finite number >= 0, got {x!r}")
+    return float(x)
+
+
+def _list(x: Any, where: str) -> list[Any]:
+    if not isinstance(x, list):
+        raise PlanError(f"{where} must be a list, got {type(x).__name__}")
+    return x
+
+
+def _collective(c: Any, where: str) -> CollectivePlan:
+    if not isinstance(c, dict):
+        raise PlanError(f"{where}: a collective must be an object, got {c!r}")
+    return CollectivePlan(_str(c["kind"], f"{where} kind"), _str(c["axis"], f"{where} axis"),
+                          _int(c["nbytes"], f"{where} nbytes"), _str(c["phase"], f"{where} phase"))  # fmt: skip
+
+
+def _node(n: Any, lay: Any) -> NodePlan:
+    if not isinstance(n, dict):
+        raise PlanError(f"each plan node must be an object, got {n!r}")
+    w = f"node {n.get('name')!r}"
+    kernel = n["kernel"]
+    return NodePlan(
+        _str(n["name"], f"{w} name"), _str(n["op"], f"{w} op"), _str(n["kind"], f"{w} kind"),
+        _str(n["module"], f"{w} module"),
+        tuple(lay(x, f"{w} ins") for x in _list(n["ins"], f"{w} ins")),
+        tuple(lay(x, f"{w} outs") for x in _list(n["outs"], f"{w} outs")),
+        tuple(lay(x, f"{w} grads") for x in _list(n["grads"], f"{w} grads")),
+        None if kernel is None else _str(kernel, f"{w} kernel"),
+        _float(n["compute_s"], f"{w} compute_s"),
+        tuple(_collective(c, f"{w} collective") for c in _list(n.get("collectives", []), w)),
+        bool(n.get("reshard_after_forward", False)),
+    )  # fmt: skip
+
+
+def _reshard(r: Any, lay: Any) -> ReshardPlan:
+    if not isinstance(r, dict):
+        raise PlanError(f"each reshard must be an object, got {r!r}")
+    w = f"reshard {r.get('src')!r}->{r.get('dst')!r}"
+    return ReshardPlan(
+        _str(r["src"], f"{w} src"), _int(r["out_index"], f"{w} out_index"),
+        _str(r["dst"], f"{w} dst"), _int(r["slot"], f"{w} slot"),
+        lay(r["src_layout"], f"{w} src_layout"), lay(r["dst_layout"], f"{w} dst_layout"),
+        lay(r["grad_layout"], f"{w} grad_layout"),
+        tuple(_collective(c, f"{w} collective") for c in _list(r["collectives"], w)),
+        _float(r["seconds"], f"{w} seconds"),
+    )  # fmt: skip
+
+
+def _precision(value: Any) -> str:
+    from autopar.precision import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise PlanError(f"plan precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return str(value)
 
 
 def _from_json(obj: Any) -> Plan:
+    from autopar.plan_check import check_fields
+
     if not isinstance(obj, dict):
         raise PlanError(f"a plan must be a JSON object, got {type(obj).__name__}")
     if obj.get("version") != SCHEMA_VERSION:
@@ -305,43 +390,44 @@ def _from_json(obj: Any) -> Plan:
     mesh = MeshSpec.from_json(obj["mesh"])
     k = mesh.ndim
 
-    def lay(x: Any) -> Layout:
-        return layout_from_json(x, k)
+    def lay(x: Any, where: str) -> Layout:
+        try:
+            return layout_from_json(x, k)
+        except ValueError as err:
+            raise PlanError(f"{where}: {err}") from None
 
-    nodes = tuple(
-        NodePlan(
-            str(n["name"]), str(n["op"]), str(n["kind"]), str(n["module"]),
-            tuple(lay(x) for x in n["ins"]), tuple(lay(x) for x in n["outs"]),
-            tuple(lay(x) for x in n["grads"]), n["kernel"], float(n["compute_s"]),
-            tuple(_collective(c) for c in n.get("collectives", [])),
-            bool(n.get("reshard_after_forward", False)),
-        )
-        for n in obj["nodes"]
-    )  # fmt: skip
-    names = {n.name for n in nodes}
-    reshards = []
-    for r in obj["reshards"]:
-        if r["src"] not in names or r["dst"] not in names:
-            raise PlanError(f"reshard {r['src']}->{r['dst']} names a node the plan does not have")
-        colls = tuple(_collective(c) for c in r["collectives"])
-        reshards.append(
-            ReshardPlan(
-                r["src"], int(r["out_index"]), r["dst"], int(r["slot"]), lay(r["src_layout"]),
-                lay(r["dst_layout"]), lay(r["grad_layout"]), colls, float(r["seconds"]),
-            )
-        )  # fmt: skip
+    nodes = tuple(_node(n, lay) for n in _list(obj["nodes"], "nodes"))
+    reshards = tuple(_reshard(r, lay) for r in _list(obj["reshards"], "reshards"))
     p = obj["predicted"]
+    if not isinstance(p, dict):
+        raise PlanError(f"predicted must be an object, got {p!r}")
     step = p["step_time_s"] if "step_time_s" in p else p["step_s"]
+    memory = p.get("memory") or {}
+    if not isinstance(memory, dict):
+        raise PlanError(f"predicted memory must be an object, got {memory!r}")
     predicted = Predicted(
-        float(p["compute_s"]), float(p["comm_s"]), float(step), str(p["solver"]),
-        str(p["solve_status"]), float(p["solve_s"]), int(p["num_variables"]),
-        **{k: float(p[k]) for k in _PREDICTED_FLOATS if k in p},  # type: ignore[arg-type]
-        **{k: int(p[k]) for k in _PREDICTED_INTS if k in p},
-        memory={str(k): int(v) for k, v in (p.get("memory") or {}).items()},
-        optimizer=str(p.get("optimizer", "adamw")),
+        _float(p["compute_s"], "predicted compute_s"), _float(p["comm_s"], "predicted comm_s"),
+        _float(step, "predicted step_time_s"), _str(p["solver"], "predicted solver"),
+        _str(p["solve_status"], "predicted solve_status"), _float(p["solve_s"], "predicted solve_s"),
+        _int(p["num_variables"], "predicted num_variables"),
+        **{k: _float(p[k], f"predicted {k}") for k in _PREDICTED_FLOATS if k in p},  # type: ignore[arg-type]
+        **{k: _int(p[k], f"predicted {k}") for k in _PREDICTED_INTS if k in p},
+        memory={str(k): _int(v, f"predicted memory {k}") for k, v in memory.items()},
+        optimizer=_str(p.get("optimizer", "adamw"), "predicted optimizer"),
     )  # fmt: skip
-    return Plan(
-        mesh, str(obj["strategy"]), str(obj["cluster"]), nodes, tuple(reshards), predicted,
-        tuple(obj.get("unknown_ops", [])), dict(obj.get("source") or {}),
-        obj.get("pipeline"), dict(obj.get("baselines") or {}),
+    unknown = tuple(
+        _str(u, "unknown_ops entry") for u in _list(obj.get("unknown_ops", []), "unknown_ops")
+    )
+    for key in ("source", "baselines"):
+        if not isinstance(obj.get(key) or {}, dict):
+            raise PlanError(f"plan {key} must be an object, got {obj.get(key)!r}")
+    if obj.get("pipeline") is not None and not isinstance(obj["pipeline"], dict):
+        raise PlanError(f"plan pipeline must be an object or null, got {obj['pipeline']!r}")
+    plan = Plan(
+        mesh, _str(obj["strategy"], "strategy"), _str(obj["cluster"], "cluster"), nodes, reshards,
+        predicted, unknown, dict(obj.get("source") or {}), obj.get("pipeline"),
+        dict(obj.get("baselines") or {}),
+        _precision(obj.get("precision", "fp32")),
     )  # fmt: skip
+    check_fields(plan)
+    return plan

@@ -1,7 +1,7 @@
 """Cost-model fidelity: predicted against measured step times.
 
 Part 1, on this machine: calibrate on 2 gloo ranks (``cost_models.calibrate``), then plan
-several DISTINCT plans of a small GPT-2 (``examples/gpt2.py`` config, resized) with
+several DISTINCT plans of a small GPT-2 (``autopar/zoo/gpt2.py`` config, resized) with
 ``CostModel(ClusterSpec.cpu(2), mesh, profile=calibrated)`` (calibrated by
 ``autopar.runtime.overhead.calibrate_runtime``: hardware micro-benchmarks plus the
 runtime's own per-call costs), compile each with
@@ -98,8 +98,8 @@ def _gpt(batch: int, seq: int) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     import torch
     from transformers import GPT2LMHeadModel
 
-    from examples._common import random_tokens
-    from examples.gpt2 import config
+    from autopar.zoo._common import random_tokens
+    from autopar.zoo.gpt2 import config
 
     layers, hidden, heads, vocab = MODEL
     cfg = config("tiny")

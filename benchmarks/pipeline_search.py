@@ -1,6 +1,6 @@
 """Planning time of the 3D (pp x dp x tp) search on big shapes, on this machine.
 
-For a 70B LLaMA (``examples/llama.py`` ``build("70b")``, 80 layers) on ``8x8xH100`` at
+For a 70B LLaMA (``autopar/zoo/llama.py`` ``build("70b")``, 80 layers) on ``8x8xH100`` at
 global batch 64 x 4096 and a GPT-3 175B-shaped GPT-2 (96 layers, hidden 12288, 96 heads,
 sequence 2048, vocabulary 51200) on ``128x8xA100-80GB`` at global batch 1536, both built
 full depth on the meta device and cast to bf16 (mixed-precision training), it times
@@ -32,7 +32,7 @@ class PipelineCase:
 
 
 def _llama_70b() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
-    from examples.llama import build
+    from autopar.zoo.llama import build
 
     model, args, kwargs = build("70b", device="meta", batch_size=64, seq_len=4096)
     return model.to(torch.bfloat16), args, kwargs

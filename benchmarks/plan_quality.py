@@ -52,7 +52,7 @@ def _example(
     def build() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
         import importlib
 
-        mod = importlib.import_module(f"examples.{module}")
+        mod = importlib.import_module(f"autopar.zoo.{module}")
         model, args, kwargs = mod.build(size, device="meta", batch_size=batch, seq_len=seq)
         return (model.to(torch.bfloat16) if bf16 else model), args, kwargs
 

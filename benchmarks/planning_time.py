@@ -62,7 +62,7 @@ TARGET_MESH = {"dp": 8}
 @dataclass(frozen=True)
 class ModelCase:
     label: str
-    module: str  # examples.<module>
+    module: str  # autopar.zoo.<module>
     size: str
     target_s: float
 
@@ -128,7 +128,7 @@ def _mesh_label(mesh: dict[str, int]) -> str:
 def _build(case: ModelCase) -> tuple[Any, tuple, dict]:
     import importlib
 
-    mod = importlib.import_module(f"examples.{case.module}")
+    mod = importlib.import_module(f"autopar.zoo.{case.module}")
     return mod.build(case.size, device="meta")
 
 

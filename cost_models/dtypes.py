@@ -4,7 +4,10 @@ Contract: ``dtype_key(dtype)`` maps a ``torch.dtype`` or a string ("bf16", "bflo
 "torch.float32", "half", ...) to the short key used in throughput tables: "fp8",
 "bf16", "fp16", "tf32", "fp32", "fp64", or ``None`` for integer/bool dtypes (which have
 no FLOP rate, only memory traffic). ``dtype_bytes(dtype)`` gives the element size.
-Unknown names raise ``ValueError`` listing the accepted ones.
+A ``torch.dtype`` outside the table is priced, never refused: a complex dtype by its
+real part's FLOP rate and its own itemsize (complex64 -> "fp32", 8 bytes), any other
+(sub-byte, quantized, bit dtypes) as memory traffic alone (``None``) at its itemsize.
+Unknown names given as strings raise ``ValueError`` listing the accepted ones.
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ _DTYPES: Mapping[str, tuple[str | None, int]] = MappingProxyType(
 )
 
 
+# complex dtype -> the table key of its real part
+_COMPLEX_PART = MappingProxyType({"complex32": "fp16", "complex64": "fp32", "complex128": "fp64"})
+
+
+def _torch_dtype(dtype: Any) -> tuple[str | None, int] | None:
+    """A torch.dtype the table lacks, by its own attributes (without importing torch)."""
+    itemsize = getattr(dtype, "itemsize", None)
+    if not isinstance(itemsize, int):
+        return None
+    name = str(dtype).removeprefix("torch.")
+    if getattr(dtype, "is_complex", False):
+        return _COMPLEX_PART.get(name), itemsize
+    return None, itemsize
+
+
 def _lookup(dtype: Any) -> tuple[str | None, int]:
     if isinstance(dtype, str):
         name = dtype.strip().lower()
@@ -62,6 +80,9 @@ def _lookup(dtype: Any) -> tuple[str | None, int]:
     try:
         return _DTYPES[name]
     except KeyError:
+        found = None if isinstance(dtype, str) else _torch_dtype(dtype)
+        if found is not None:
+            return found
         raise ValueError(
             f"unknown dtype {dtype!r}; accepted names are {sorted(_DTYPES)} "
             "(or the matching torch.dtype)"

@@ -1,9 +1,8 @@
-"""Shared pytest configuration: make the repository root importable (``tests.*``, ``examples.*``,
-``autopar``, ``cost_models``) in the test process and in spawned worker processes."""
+"""Shared pytest configuration.
 
-import os
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+The tests import only installed packages (``autopar``, ``cost_models``; ``pip install -e .``
+or ``pip install .``): nothing here puts the repository on ``sys.path``, and pytest runs with
+``--import-mode=importlib`` (pyproject.toml), so it does not insert the rootdir either. A test
+module is therefore not importable by name from another process; code run on gloo ranks is
+found by its file (``autopar.testing.GlooPool``).
+"""

@@ -4,7 +4,10 @@ Contract: prints the headline figures of both plans side by side with B - A; the
 collectives per step of each kind and axis in both; and every node whose placement
 differs (parameters first, then ops, in graph order, at most ``--limit``), with the
 compute and reshard seconds it costs in each plan. Nodes present in only one plan are
-counted. An unreadable plan exits 2.
+counted. Plans of different models (their recorded ``source.model`` differ, or, when
+one is not recorded, fewer than half of the op nodes share a name and op) are refused
+with exit 2 unless ``--force``: pairing nodes by name would compare unrelated nodes.
+An unreadable or invalid plan exits 2.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 from collections import defaultdict
 from typing import Any
 
+from autopar.cli.common import EXIT_CODES, count
 from autopar.plan import Plan
 
 EXAMPLES = """examples:
@@ -46,6 +50,26 @@ def differences(a: Plan, b: Plan) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["kind"] != "param")
 
 
+def same_model(a: Plan, b: Plan, name_a: str, name_b: str) -> None:
+    """Refuse to pair the nodes of plans made for different models (ValueError)."""
+    ma, mb = a.source.get("model"), b.source.get("model")
+    if ma and mb and ma != mb:
+        raise ValueError(
+            f"{name_a} is a plan of {ma!r} and {name_b} of {mb!r}; diff pairs nodes by name, "
+            "which only means something for two plans of one model. Compare plans of the "
+            "same model, or pass --force to compare anyway"
+        )
+    ops_a = {(n.name, n.op) for n in a.nodes if n.kind == "op"}
+    ops_b = {(n.name, n.op) for n in b.nodes if n.kind == "op"}
+    shared = len(ops_a & ops_b)
+    if shared < 0.5 * max(len(ops_a), len(ops_b), 1):
+        raise ValueError(
+            f"{name_a} and {name_b} share only {shared} of {max(len(ops_a), len(ops_b))} op "
+            "nodes (same name and op): they look like plans of different models, and diff "
+            "pairs nodes by name. Compare plans of one model, or pass --force to compare anyway"
+        )
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -54,6 +78,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from autopar.placement import layout_str
 
     a, b = Plan.load(args.a), Plan.load(args.b)
+    if not args.force:
+        same_model(a, b, args.a, args.b)
     console = _console()
     fa, fb = figures(a), figures(b)
     head = Table(title="figures", title_justify="left")
@@ -96,9 +122,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "diff", help="where two plans differ and what that costs",
         description="Compare two saved plans: figures, collectives, and nodes placed differently.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{EXAMPLES}\n{EXIT_CODES}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("a", help="plan JSON A")
     p.add_argument("b", help="plan JSON B")
-    p.add_argument("--limit", type=int, default=40, help="at most this many differing nodes (40)")
+    p.add_argument("--limit", type=count("--limit"), default=40,
+                   help="at most this many differing nodes (40)")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="compare even plans that look like they are of different models")  # fmt: skip
     p.set_defaults(fn=cmd_diff)

@@ -3,10 +3,13 @@
 Contract: without ``--node`` prints every op node's chosen placement with its compute
 seconds, the collectives issued inside it and the seconds of the reshards into it
 (``--top N``: only the N costliest). With ``--node NAME`` rebuilds the model on the meta
-device from ``plan.source`` and re-prices every placement the node could have taken
+device (``planning.rebuild``: the plan's ``source.model`` only when it is a bundled model;
+a user's file only when given with ``--model``, so no plan makes autopar run code), checks
+the plan against it, and re-prices every placement the node could have taken
 against its neighbours' chosen placements: compute + reshards in + reshards out, the
 chosen one first, each alternative with how much it loses and on what (or that the
-strategy preset excluded it). An unreadable plan or an unknown node exits 2.
+strategy preset excluded it). An unreadable, invalid or tampered plan, or an unknown
+node, exits 2.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 from collections import defaultdict
 from typing import Any
 
+from autopar.cli.common import EXIT_CODES, count
 from autopar.placement import layout_str
 from autopar.plan import NodePlan, Plan
 
@@ -58,15 +62,16 @@ def explain_all(plan: Plan, top: int | None) -> None:
     _console().print(t)
 
 
-def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
-    """Every strategy of node ``name`` priced against its neighbours' chosen layouts."""
+def alternatives(plan: Plan, name: str, model: str | None = None) -> list[dict[str, Any]]:
+    """Every strategy of node ``name`` priced against its neighbours' chosen layouts
+    (the model rebuilt by ``planning.rebuild``: a bundled one, or ``model``)."""
     from autopar.cli.planning import rebuild
     from autopar.cost import collective_seconds
     from autopar.solve.graph import build_graph
     from autopar.solve.planner import Pricing
     from autopar.solve.presets import restrict
 
-    captured, cm = rebuild(plan)
+    captured, cm = rebuild(plan, model)
     graph = build_graph(captured, plan.mesh)
     if name not in graph.nodes:
         raise ValueError(
@@ -119,7 +124,7 @@ def alternatives(plan: Plan, name: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda a: (not a["chosen"], a["total_s"]))
 
 
-def explain_node(plan: Plan, name: str) -> None:
+def explain_node(plan: Plan, name: str, model: str | None = None) -> None:
     from rich.table import Table
 
     from autopar.cli.plan import _console
@@ -133,7 +138,7 @@ def explain_node(plan: Plan, name: str) -> None:
             f"the plan has no node {name!r}; run `autopar explain PLAN` to list nodes"
             + (f" (similar: {', '.join(near)})" if near else "")
         ) from None
-    alts = alternatives(plan, name)
+    alts = alternatives(plan, name, model)
     base = next((a for a in alts if a["chosen"]), alts[0])
     t = Table(title=f"{name} ({n.op}, module {n.module or '<top>'}): every placement, priced against "
                     "its neighbours' choices", title_justify="left")  # fmt: skip
@@ -187,9 +192,14 @@ def explain_node(plan: Plan, name: str) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.model and not args.node:
+        raise ValueError(
+            f"--model {args.model} is only used with --node (to rebuild the model and price "
+            "that node's alternatives); add --node NAME or drop --model"
+        )
     plan = Plan.load(args.plan)
     if args.node:
-        explain_node(plan, args.node)
+        explain_node(plan, args.node, args.model)
     else:
         explain_all(plan, args.top)
     return 0
@@ -199,9 +209,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "explain", help="each node's placement and costs; why alternatives lost",
         description="Explain a saved plan: placements and costs per node, or one node's alternatives.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{EXAMPLES}\n{EXIT_CODES}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("plan", help="a plan JSON written by `autopar plan --json`")
     p.add_argument("--node", help="explain this node: price every placement it could take")
-    p.add_argument("--top", type=int, help="only the N costliest nodes")
+    p.add_argument("--top", type=count("--top"), help="only the N costliest nodes")
+    p.add_argument("--model", metavar="NAME_OR_FILE.py:fn",
+                   help="with --node: rebuild this model (default: the plan's, when it is "
+                   "a bundled model; a file a plan names is never run)")  # fmt: skip
     p.set_defaults(fn=cmd_explain)

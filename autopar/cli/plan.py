@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from autopar.cli.common import EXIT_CODES, count
 from autopar.cli.planning import (
     PRESET_NAMES,
     Request,
@@ -191,6 +192,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             )
     req = Request(args.model, args.cluster, args.strategy, args.mesh, args.batch_size, args.seq_len,
                   parse_bytes(args.memory_budget) if args.memory_budget else None, args.profile)  # fmt: skip
+    if args.json:
+        _writable(args.json, "--json", "plan.json")
+    if args.visualize:
+        _writable(args.visualize, "--visualize", "plan.html")
     prepare(req)  # bad options fail before the slow capture
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=_console(stderr=True), transient=True) as bar:
@@ -216,8 +221,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan.save(args.json)
         print(f"plan written to {args.json}")
     if args.visualize:
-        print("pictures written to " + ", ".join(str(p) for p in written))
+        print("pictures written to " + ", ".join(str(p) for p in written.paths))
+        if written.note:  # one line: what could not be drawn here and how to get it
+            print(written.note)
     return 0
+
+
+def _writable(path: str, flag: str, example: str) -> None:
+    """An output file whose directory exists (checked before the slow planning)."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"{flag} {path!r} is a directory; name a file, e.g. {flag} {target / example}"
+        )
+    if not target.absolute().parent.is_dir():
+        raise FileNotFoundError(
+            f"{flag} {path!r}: the directory {str(target.absolute().parent)!r} does not exist; "
+            f"create it first or write elsewhere, e.g. {flag} {example}"
+        )
 
 
 def _with_baselines(plan: Plan, base: dict[str, Any]) -> Plan:
@@ -230,7 +251,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "plan", help="plan a model for a cluster (built on the meta device)",
         description="Plan MODEL for a cluster: print placements, predicted figures and baselines.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{EXAMPLES}\n{EXIT_CODES}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument(
         "model", help="bundled example (gpt2, bert, llama-7b, llama-70b, ...) or file.py:fn"
@@ -239,8 +260,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--strategy", default="auto", metavar="|".join(PRESET_NAMES),
                    help="a preset, or fixed degrees such as tp=8,pp=4,dp=2 (default auto)")  # fmt: skip
     p.add_argument("--mesh", help="named mesh for a preset, e.g. dp=2,tp=4 (default: dp over all)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seq-len", type=int)
+    p.add_argument("--batch-size", type=count("--batch-size"), help="samples per step")
+    p.add_argument("--seq-len", type=count("--seq-len"), help="tokens per sample")
     p.add_argument("--memory-budget", help="bytes per device, e.g. 40GB or 38GiB")
     p.add_argument(
         "--profile", metavar="CALIBRATION.json", help="measured figures (autopar calibrate)"

@@ -10,10 +10,13 @@ Contract:
   pp x dp x tp, a mix fixes the degrees it names (axes pp, dp, tp only). The plan is the
   representative block's intra-op plan with the whole pipeline step in ``predicted``
   and the stages, schedule, microbatches and ranked runners-up in ``plan.pipeline``.
-- ``parse_bytes("40GB" | "38GiB" | "1e9")`` -> int bytes; ValueError on anything else.
+- ``parse_bytes("40GB" | "38GiB" | "1e9")`` -> int bytes > 0; ValueError on anything else.
 - ``Request`` holds how a plan is made; ``make(request)`` builds the model on the meta
   device, captures, plans and returns ``(plan, captured)`` with ``plan.source`` filled so
-  that ``rebuild(plan)`` can redo it (``explain --node`` re-prices alternatives with it).
+  that ``rebuild(plan, model=None)`` can redo it (``explain --node`` re-prices
+  alternatives with it): only a bundled model is rebuilt from what a plan names, a
+  user's file only when the user names it (``model``); the plan is checked against the
+  rebuilt graph (``plan_check.check_against``) before anything uses it.
 - ``baselines(captured, request, plan)``: DDP, FSDP and Megatron-style TP inside a node +
   DP across, planned with the same cost model; name -> figures and the speedup of ``plan``
   over each; a baseline that cannot be built records ``error`` instead.
@@ -22,7 +25,10 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -51,10 +57,11 @@ def parse_strategy(text: str, devices: int) -> tuple[str, MeshSpec | None, int]:
     for part in text.split(","):
         name, _, size = part.partition("=")
         name = name.strip()
-        if not size.strip().isdigit() or not name.isidentifier() or name in degrees:
+        if (not size.strip().isdigit() or int(size) < 1 or not name.isidentifier()
+                or name in degrees):  # fmt: skip
             raise ValueError(
-                f"--strategy {text!r}: each part must be axis=degree with a new axis name, "
-                "e.g. tp=8,pp=4,dp=2"
+                f"--strategy {text!r}: each part must be axis=degree with a new axis name and "
+                "a degree >= 1, e.g. tp=8,pp=4,dp=2"
             )
         degrees[name] = int(size)
     total = 1
@@ -74,9 +81,17 @@ def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
     if not m or m.group(2) not in _UNITS:
         raise ValueError(
-            f"--memory-budget {text!r} is not a size; write it like 40GB, 38GiB or 80e9"
+            f"--memory-budget {text!r} is not a size; write the bytes each device may use "
+            "like 40GB, 38GiB or 80e9"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    value = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if value < 1:
+        raise ValueError(
+            f"--memory-budget {text!r} is {value} bytes; the budget is the memory each device "
+            "may use and must be > 0, e.g. --memory-budget 40GB (leave it out for the "
+            "device's memory x 0.9)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,12 +109,26 @@ class Request:
 def cost_model(cluster: Any, mesh: MeshSpec, profile: str | None) -> Any:
     from cost_models import CostModel, Profile
 
-    return CostModel(cluster, mesh, profile=Profile.load(profile) if profile else None)
+    if not profile:
+        return CostModel(cluster, mesh)
+    try:
+        loaded = Profile.load(profile)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"--profile {profile}: cannot use it ({type(err).__name__}: {err}); pass a profile "
+            "JSON written by `autopar calibrate -o PATH`, or leave --profile out"
+        ) from None
+    return CostModel(cluster, mesh, profile=loaded)
 
 
 def _cluster(text: str | None) -> Any:
     from cost_models import ClusterSpec, detect_cluster
 
+    if text is not None and not text.strip():
+        raise ValueError(
+            "--cluster is empty; name the hardware to plan for, e.g. --cluster 8xH100 or "
+            "--cluster cpu:2, or leave --cluster out to plan for this machine"
+        )
     return ClusterSpec.parse(text) if text else detect_cluster()
 
 
@@ -117,13 +146,35 @@ def plan_on(captured: Any, mesh: MeshSpec, strategy: str, cm: Any, budget: int |
 
 
 def capture_model(model: str, batch_size: int | None, seq_len: int | None) -> Any:
+    """Build ``model`` on the meta device and capture it; a spec that cannot work is
+    refused before anything runs, and an error raised in the user's own file is one
+    paragraph (``cli.common.user_code_error``)."""
     from autopar.capture import capture
+    from autopar.cli.common import check_model, user_code_error
     from autopar.models import resolve
 
-    module, args, kwargs = resolve(model, "meta", batch_size, seq_len)
+    check_model(model)
+    try:
+        module, args, kwargs = resolve(model, "meta", batch_size, seq_len)
+    except Exception as err:
+        wrapped = user_code_error(err, model)
+        if wrapped is not None:
+            raise wrapped from None
+        if ":" not in model and isinstance(err, ValueError):  # a bundled model's own check
+            raise ValueError(
+                f"cannot build {model} with --batch-size {batch_size or 'default'} and "
+                f"--seq-len {seq_len or 'default'}: {err}; choose sizes the model supports "
+                "(or leave them out for its defaults)"
+            ) from None
+        raise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return capture(module, args, kwargs)
+        logging.disable(logging.WARNING)  # torch.export's own dumps: the CLI says why itself
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                return capture(module, args, kwargs)
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def prepare(req: Request) -> tuple[Any, str, MeshSpec, Any]:
@@ -193,16 +244,49 @@ def make(req: Request, captured: Any = None) -> tuple[Plan, Any, Any]:
     return dataclasses.replace(plan, source=source), captured, cm
 
 
-def rebuild(plan: Plan) -> tuple[Any, Any]:
-    """(captured, cost model) for a saved plan, from ``plan.source``."""
-    src = plan.source
-    if not src.get("model"):
+def _source_size(src: dict[str, Any], key: str) -> int | None:
+    value = src.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(
-            "this plan does not record how it was made (no source.model); re-create it with "
-            "`autopar plan MODEL --json PATH` to explain single nodes"
+            f"the plan's source.{key} is {value!r}, but it must be a whole number >= 1 or "
+            "null; re-create the plan with `autopar plan MODEL --json PATH`"
         )
-    captured = capture_model(src["model"], src.get("batch_size"), src.get("seq_len"))
-    return captured, cost_model(_cluster(src.get("cluster")), plan.mesh, src.get("profile"))
+    return value
+
+
+def rebuild(plan: Plan, model: str | None = None) -> tuple[Any, Any]:
+    """(captured, cost model) for a saved plan, checked against it (``check_against``).
+
+    A plan is data: the model it names in ``source.model`` is rebuilt only when it is a
+    bundled one (``autopar.zoo.names()``); a file it names is never imported. ``model``
+    (given by the user, e.g. ``--model file.py:fn``) is used instead when given."""
+    from autopar import zoo
+    from autopar.plan_check import check_against
+
+    src = plan.source
+    spec = model or src.get("model")
+    if not spec or not isinstance(spec, str):
+        raise ValueError(
+            "this plan does not record how it was made (no source.model); pass the model "
+            "with --model NAME_OR_FILE.py:fn, or re-create the plan with `autopar plan MODEL "
+            "--json PATH`"
+        )
+    if model is None and spec not in zoo.names():
+        raise ValueError(
+            f"the plan names the model {spec!r}, which is not a bundled model; autopar does "
+            "not import or run code because a plan file names it. If you trust that file, "
+            f"pass it yourself: --model {spec}"
+        )
+    batch, seq = _source_size(src, "batch_size"), _source_size(src, "seq_len")
+    profile = src.get("profile")
+    if profile is not None and not isinstance(profile, str):
+        raise ValueError(f"the plan's source.profile must be a path or null, got {profile!r}")
+    cluster = src.get("cluster")
+    if cluster is not None and not isinstance(cluster, str):
+        raise ValueError(f"the plan's source.cluster must be text like 8xH100, got {cluster!r}")
+    captured = capture_model(spec, batch, seq)
+    check_against(plan, captured)
+    return captured, cost_model(_cluster(cluster), plan.mesh, profile)
 
 
 def _input_shape(captured: Any) -> list[int]:

@@ -130,4 +130,12 @@ def rebatch(captured: Captured, batch: int) -> Captured:
             new_node.meta["val"] = vals[new_node]
     new_gm = fx.GraphModule(gm, graph)
     example = tuple(_meta(v, old, batch) for v in captured.example_args)
-    return Captured(new_gm, captured.param_names, captured.buffer_names, example, {})
+    return Captured(
+        new_gm,
+        captured.param_names,
+        captured.buffer_names,
+        example,
+        {},
+        whole_outputs=captured.whole_outputs,
+        input_grads=captured.input_grads,
+    )

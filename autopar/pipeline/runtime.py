@@ -3,9 +3,12 @@
 Contract: ``compile_pipeline(model, args, kwargs, mesh, strategy, cluster, options)``
 runs on every rank of a mesh with a ``"pp"`` axis. It captures the model at the
 microbatch shape, cuts it into stages (``stages.choose_stages``, ``split``), plans each
-of this rank's stages on the rank's submesh (the mesh without ``pp``; a size-1 ``dp``
-axis when nothing else is left) with the ordinary planner, wraps each stage's
-``DistributedModel`` in a ``PipelineStage`` and returns a ``PipelineModel``.
+of the stages on the stage submesh (the mesh without ``pp``; a size-1 ``dp`` axis when
+nothing else is left) with the ordinary planner (rank 0 solves, every rank receives the
+plans), generates each of this rank's stages as a program (``codegen.program_source``,
+the same code path as ``autopar.compile``), wraps it in a ``PipelineStage`` and returns
+a ``PipelineModel``. Gradient reduction over the stage's data axes waits for the last
+microbatch (``no_sync`` during the schedule, then one bucketed reduction).
 
 ``PipelineModel.step(*args, target=None, loss_fn=None, **kwargs)`` is one training
 step on the GLOBAL batch: the schedule splits every positional/keyword tensor on dim 0
@@ -20,6 +23,7 @@ over its microbatch. It returns the detached mean loss on every rank. Options:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,7 +39,8 @@ from autopar.pipeline.loss import loss_of
 from autopar.pipeline.split import Split, split_stages
 from autopar.pipeline.stages import choose_stages
 from autopar.plan import Plan
-from autopar.runtime.module import DistributedModel
+from autopar.runtime.compiled import CompiledModel, instantiate
+from autopar.runtime.program import Context
 from autopar.solve.planner import make_plan
 
 SCHEDULES = ("1f1b", "gpipe", "interleaved_1f1b")
@@ -73,6 +78,7 @@ def compile_pipeline(
     strategy: str = "auto",
     cluster: str | None = None,
     options: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> PipelineModel:
     from cost_models import ClusterSpec, CostModel
 
@@ -119,20 +125,75 @@ def compile_pipeline(
     pp_group = full.get_group("pp")
     sub_cm = CostModel(ClusterSpec.cpu(sub.num_devices), sub) if not cluster else None
     stage_strategy = "auto" if strategy == "pp" else strategy
+
+    def solve_all() -> list[Plan]:
+        return [make_plan(st.captured, sub, stage_strategy, sub_cm, precision=precision)
+                for st in split.stages]  # fmt: skip
+
+    plans = plans_on_rank0(solve_all)
     mine = [s for s in split.stages if s.index % pp == pp_rank]
-    models: list[DistributedModel] = []
     device = torch.device(device_type)
-    examples = [  # taken before lowering rewrites the stage graphs
-        (_examples(st.captured, "placeholder", device, st.index > 0),
-         _examples(st.captured, "output", device, True))
-        for st in mine
-    ]  # fmt: skip
+    ctx = Context(sub_mesh, precision)
+    state = {**model.state_dict(keep_vars=True), **dict(model.named_buffers())}
+    models: list[CompiledModel] = []
+    examples = []
+    from autopar.api import state_keys
+
+    keys = state_keys(captured, model)
     for st in mine:
-        plan = make_plan(st.captured, sub, stage_strategy, sub_cm)
-        pinfo = dict(info, stage=st.index, submesh=sub.to_json(), mesh=spec.to_json())
-        plan = _with_pipeline(plan, pinfo)
-        models.append(DistributedModel(st.captured, plan, sub_mesh, model))
+        plan = _with_pipeline(plans[st.index], dict(info, stage=st.index,
+                                                    submesh=sub.to_json(), mesh=spec.to_json()))  # fmt: skip
+        compiled = build_stage(st.captured, plan, state, ctx, f"autopar_stage{st.index}", keys)
+        models.append(compiled)
+        examples.append((_examples(st.captured, "placeholder", device, st.index > 0),
+                         _outputs_meta(st.captured, compiled, device)))  # fmt: skip
     return PipelineModel(split, models, mine, examples, kind, m, pp_group, pp, device, info)
+
+
+def plans_on_rank0(solve: Any) -> list[Plan]:
+    import json
+
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", [p.dumps() for p in solve()])
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank
+            box[0] = ("error", err)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return [Plan.from_json(json.loads(v)) for v in value]
+
+
+def build_stage(captured: Any, plan: Plan, state: dict[str, torch.Tensor], ctx: Context,
+                name: str, keys: dict[str, list[str]]) -> CompiledModel:  # fmt: skip
+    from autopar.codegen import program_source
+
+    source = program_source(captured, plan, ctx.precision, f"autopar pipeline stage {name}")
+    for b in captured.buffer_names:
+        if b not in state:
+            state[b] = _param(captured.graph_module, b)
+    compiled = instantiate(source, ctx, state, name=name, aliases=keys)
+    compiled.plan = plan
+    return compiled
+
+
+def _outputs_meta(
+    captured: Any, compiled: CompiledModel, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Empty tensors shaped like the stage program's outputs on this rank (whole where
+    the plan sends them, local pieces of the last stage's outputs other than the loss)."""
+    from autopar.placement import local_shape
+    from autopar.runtime.layouts import parse_layout
+
+    sizes = tuple(compiled.ctx.axes.size[n] for n in compiled.ctx.axes.names)
+    full = _examples(captured, "output", device, True)
+    return tuple(
+        torch.empty(local_shape(tuple(t.shape), parse_layout(lay), sizes), dtype=t.dtype,
+                    device=device).requires_grad_(t.requires_grad)
+        for t, (_, lay) in zip(full, compiled.outputs)
+    )  # fmt: skip
 
 
 def _with_pipeline(plan: Plan, info: dict[str, Any]) -> Plan:
@@ -157,7 +218,7 @@ class PipelineModel(torch.nn.Module):
 
         self.split = split
         self.stages = torch.nn.ModuleList(models)
-        self._models: list[DistributedModel] = list(models)
+        self._models: list[CompiledModel] = list(models)
         self.stage_indices = tuple(s.index for s in mine)
         self.pipeline = info
         self.plan: Plan = models[0].plan
@@ -167,7 +228,7 @@ class PipelineModel(torch.nn.Module):
         n = len(split.stages)
         pstages: list[Any] = [
             PipelineStage(
-                dm, s.index, n, device, group=pp_group,
+                dm.program, s.index, n, device, group=pp_group,
                 input_args=ex[0], output_args=ex[1],
             )
             for dm, s, ex in zip(models, mine, examples)
@@ -211,36 +272,49 @@ class PipelineModel(torch.nn.Module):
         self._loss_fn = loss_fn
         losses: list[torch.Tensor] = []
         first = 0 in self.stage_indices
+        reducers = [r for r in (getattr(dm.program, "grad_reducer", None) for dm in self._models)
+                    if r is not None]  # fmt: skip
         try:
-            if first:
-                self.schedule.step(*flat, target=target, losses=losses, return_outputs=False)
-            else:
-                self.schedule.step(target=target, losses=losses, return_outputs=False)
+            with contextlib.ExitStack() as stack:
+                for r in reducers:  # reduce once, after the last microbatch
+                    stack.enter_context(r.no_sync())
+                if first:
+                    self.schedule.step(*flat, target=target, losses=losses, return_outputs=False)
+                else:
+                    self.schedule.step(target=target, losses=losses, return_outputs=False)
         finally:
             self._loss_fn = None
+        for r in reducers:
+            r.reduce_all()
         self._sync_shared_grads()
         loss = torch.stack([x.detach() for x in losses]).mean() if losses else torch.zeros(())
         dist.broadcast(loss, group=self._pp_group, group_src=self._pp - 1)
         return loss
 
     def _sync_shared_grads(self) -> None:
-        """Sum the gradients of a parameter read by several stages (tied weights)."""
+        """Sum the gradients of a parameter read by several stages (tied weights): each
+        stage's copy is made whole, summed over the pipeline, and put back in place."""
+        from autopar.runtime.program import local_piece
+
         for fqn in sorted(self.split.shared_params):
-            copies = [p for p in (_param(dm, fqn) for dm in self._models) if p is not None]
-            shape = _shape(self.split, fqn)
-            total = torch.zeros(shape)
-            for p in copies:
+            total = torch.zeros(_shape(self.split, fqn))
+            copies = []
+            for dm in self._models:
+                p = _param(dm.program, fqn)
+                if p is None:
+                    continue
+                copies.append((dm, p))
                 if p.grad is not None:
-                    g = p.grad
-                    total += g.full_tensor() if isinstance(g, DTensor) else g
+                    total += _whole_grad(dm, fqn, p.grad)
             dist.all_reduce(total, group=self._pp_group)
-            for p in copies:
+            for dm, p in copies:
+                held = dm.params_spec[fqn].held(dm.ctx.axes.names)
+                piece = local_piece(total, held, dm.ctx.axes).clone()
                 if isinstance(p, DTensor):
-                    p.grad = distribute_tensor(
-                        total, p.device_mesh, p.placements, src_data_rank=None
-                    )
+                    p.grad = distribute_tensor(piece, p.device_mesh, p.placements,
+                                               src_data_rank=None)  # fmt: skip
                 else:
-                    p.grad = total.clone()
+                    p.grad = piece
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         mine: dict[str, torch.Tensor] = {}
@@ -271,8 +345,17 @@ def _examples(captured: Any, op: str, device: torch.device, grad: bool) -> tuple
     )
 
 
-def _param(dm: DistributedModel, fqn: str) -> Any:
-    obj: Any = dm.graph_module
+def _whole_grad(dm: CompiledModel, fqn: str, g: torch.Tensor) -> torch.Tensor:
+    from autopar.runtime.collectives import general_reshard
+
+    g = g.full_tensor() if isinstance(g, DTensor) else g
+    held = dm.params_spec[fqn].held(dm.ctx.axes.names)
+    text = "".join(str(x) for x in held)
+    return general_reshard(g, dm.ctx.axes, text, "R" * len(held), "R" * len(held))
+
+
+def _param(root: torch.nn.Module, fqn: str) -> Any:
+    obj: Any = root
     for part in fqn.split("."):
         obj = getattr(obj, part, None)
         if obj is None:

@@ -140,7 +140,13 @@ def split_stages(captured: Captured, units: Units, bounds: tuple[tuple[int, int]
         sbufs = tuple(b for b in captured.buffer_names if b in got)
         vals = tuple(by_name[name].meta.get("val") for name in inputs)
         stages.append(
-            StageGraph(s, Captured(sgm, sparams, sbufs, vals, {}), inputs, outputs, (i, j))
+            StageGraph(
+                s,
+                Captured(sgm, sparams, sbufs, vals, {}, whole_outputs=s != last, input_grads=s > 0),
+                inputs,
+                outputs,
+                (i, j),
+            )
         )
         prev_out = outputs
     codegen = getattr(gm.graph, "_codegen", None)

@@ -1,14 +1,15 @@
-"""What the runtime's own calls cost: measured with the real ``Reshard`` on the live group.
+"""What the runtime's own calls cost: measured with the real ``rt.reshard`` on the live group.
 
 Contract: ``runtime_overheads(group=None, budget_s=1.0)`` must be called on every rank of
 an initialised process group (as ``cost_models.calibrate.run_calibration``); every rank
 returns the same ``RuntimeOverheads`` (each figure the slowest rank's), in seconds per
 call, forward plus backward, with no communication in them:
 
-- ``param_use_s``: a parameter used in the layout it is stored in (``Reshard``'s fast
-  path, the DTensor gradient it hands back and autograd's accumulation into ``.grad``);
-- ``reshard_s``: a layout call on an activation (``DTensor`` wrap and unwrap with
-  declared gradient placements), the per-call framework cost of every activation move.
+- ``param_use_s``: a parameter used in the layout it is stored in (a plain tensor read by
+  the generated code; what remains is the post-accumulate-grad hook that feeds the
+  gradient buckets);
+- ``reshard_s``: a layout call on an activation (``rt.reshard``'s autograd node with its
+  steps interpreted, no collective in it), the per-call framework cost of every move.
 
 Each is the time of a chain of such calls minus the same chain without them, divided by
 its length. ``calibrate_runtime(budget_s, path)`` runs ``run_calibration`` and then this,
@@ -38,9 +39,8 @@ def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverhe
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.tensor import Replicate, distribute_tensor
 
-    from autopar.runtime.reshard import Reshard
+    from autopar.runtime.collectives import Axes, reshard
     from cost_models.microbench import median_per_call
 
     pg = group if group is not None else dist.group.WORLD
@@ -49,20 +49,19 @@ def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverhe
     backend = str(dist.get_backend(pg))
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
     sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
-    mesh = DeviceMesh.from_group(pg, torch.device(device).type)
-    reshard = Reshard(mesh)
-    params = [
-        torch.nn.Parameter(distribute_tensor(torch.ones(4, device=device), mesh, [Replicate()]))
-        for _ in range(CHAIN)
-    ]
+    mesh = DeviceMesh.from_group(pg, torch.device(device).type, mesh_dim_names=("x",))
+    axes = Axes(mesh)
+    hooked = [torch.nn.Parameter(torch.ones(4, device=device)) for _ in range(CHAIN)]
     plain = [torch.nn.Parameter(torch.ones(4, device=device)) for _ in range(CHAIN)]
+    for p in hooked:
+        p.register_post_accumulate_grad_hook(lambda t: None)
 
     def uses(through: bool) -> None:
         total = torch.zeros((), device=device)
-        for p, q in zip(params, plain):
-            total = total + (reshard(p, "R", "R", "R") if through else q).sum()
+        for p in hooked if through else plain:
+            total = total + p.sum()
         total.backward()
-        for p, q in zip(params, plain):
+        for p, q in zip(hooked, plain):
             p.grad = q.grad = None
         sync()
 
@@ -72,7 +71,7 @@ def runtime_overheads(group: Any = None, budget_s: float = 1.0) -> RuntimeOverhe
         y = leaf * 1.0
         if through:
             for _ in range(CHAIN):
-                y = reshard(y, "S(0)", "S(0)", "S(0)")
+                y = reshard(y, axes, (), ())
         y.sum().backward()
         leaf.grad = None
         sync()

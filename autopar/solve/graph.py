@@ -1,12 +1,15 @@
 """The planning graph: captured fx graph -> nodes with candidate strategies and edges.
 
 Contract: ``build_graph(captured, mesh)`` returns a ``PlanGraph`` with one ``PNode`` per
-tensor-producing fx node (inputs, parameters, buffers, ops, and the output sink).
+tensor-producing fx node (inputs, parameters, buffers, ops, and the output sink: the
+sink needs the scalar outputs (the loss) replicated, and every output when
+``captured.whole_outputs``, as a pipeline stage's outputs are sent whole).
 ``getitem`` on a tuple-returning op is transparent: consumers read slot ``i`` of the
 producer directly. Every op gets its strategies from the rule registry; an op with no
-rule is replicated and reported in ``unknown_ops``. Each consumer slot is an ``Edge``
-from ``(producer, out_index)``. Nodes inside repeated layers (``<prefix>.<int>`` in the
-module path) carry ``layer = (prefix, index)`` for ``solve.layers`` to merge.
+rule, or on a dtype no rule covers, is replicated and reported in ``unknown_ops``. Each
+consumer slot is an ``Edge`` from ``(producer, out_index)``. Nodes inside repeated
+layers (``<prefix>.<int>`` in the module path) carry ``layer = (prefix, index)`` for
+``solve.layers`` to merge.
 """
 
 from __future__ import annotations
@@ -162,9 +165,9 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
             if any(m is None for m in in_metas):
                 raise NotImplementedError(f"node {node.name} takes a non-tensor fx value")
             op = _op_view(node, in_metas, metas)  # type: ignore[arg-type]
-            family, rule = registry.lookup(node.target)
+            family, rule = registry.lookup(node.target, op)
             if family == "unknown":
-                unknown.append(op_name(node.target))
+                unknown.append(registry.unknown_name(node.target, op))
             strategies = node_strategies(op, sizes, rule)
             inputs = [source(s) for s in slots]
             grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and all(
@@ -178,6 +181,8 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
             edges += [Edge(p, i, node.name, k) for k, (p, i) in enumerate(inputs)]
         elif node.op == "output":
             slots = [s for s in input_slots(node) if tensor_meta(s.meta.get("val")) is not None]
+            if not captured.whole_outputs:  # training reads the loss; the rest on demand
+                slots = [s for s in slots if s.meta["val"].dim() == 0]
             inputs = [source(s) for s in slots]
             out_metas = tuple(tensor_meta(s.meta["val"]) for s in slots)
             full = tuple(tuple(R for _ in sizes) for _ in inputs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from autopar.placement import Layout, Shard
 from autopar.solve.graph import PNode
-from autopar.solve.saved import Saved
+from autopar.solve.saved import Saved, aliases
 from autopar.strategies.types import Strategy, TensorMeta
 from cost_models import (
     TrainingMemory,
@@ -55,13 +55,14 @@ def node_memory(
         )
     if node.kind == "buffer":
         return TrainingMemory(params=local_bytes(node.out_metas[0], s.outs[0], sizes))
-    if node.kind != "op" or node.family == "view":
+    if node.kind != "op" or aliases(node):  # its storage is its input's
         return TrainingMemory()
     held = sum(
         local_bytes(m, lay, sizes)
         for i, (m, lay) in enumerate(zip(node.out_metas, s.outs))
         if (node.name, i) in saved.values
     )
+    held += int(saved.internal.get(node.name, 0.0) / s.compute_div)
     return TrainingMemory(activations=held)
 
 

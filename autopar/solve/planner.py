@@ -17,10 +17,13 @@ change.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+
+import torch
 
 from autopar.capture import Captured
 from autopar.cost import (
@@ -42,7 +45,7 @@ from autopar.solve.layers import canonical_map
 from autopar.solve.memory import held_gather_bytes, local_bytes, node_memory
 from autopar.solve.presets import restrict
 from autopar.solve.saved import Saved, saved_values
-from autopar.strategies.types import Strategy
+from autopar.strategies.types import Strategy, TensorMeta
 from cost_models import CostModel, TrainingMemory
 from cost_models.compute import optimizer_step_time
 from cost_models.dtypes import dtype_key
@@ -87,13 +90,24 @@ class Pricing:
     cm: CostModel
     saved: Saved
     optimizer: str
+    precision: str = "fp32"
 
     def input_grads(self, node: PNode) -> tuple[bool, ...]:
         return tuple(self.graph.nodes[s].requires_grad for s, _ in node.inputs)
 
     @staticmethod
-    def of(graph: PlanGraph, cm: CostModel, optimizer: str = "adamw") -> Pricing:
-        return Pricing(graph, cm, saved_values(graph), optimizer)
+    def of(
+        graph: PlanGraph, cm: CostModel, optimizer: str = "adamw", precision: str = "fp32"
+    ) -> Pricing:
+        return Pricing(graph, cm, saved_values(graph), optimizer, precision)
+
+    def gathered_meta(self, node: PNode, idx: int) -> TensorMeta:
+        """What a parameter's gather moves: bf16 copies of the fp32 masters under
+        bf16-mixed (FSDP's param_dtype), the tensor itself otherwise."""
+        meta = node.out_metas[idx]
+        if node.kind == "param" and self.precision == "bf16-mixed" and meta.dtype.is_floating_point:
+            return TensorMeta(meta.shape, torch.bfloat16)
+        return meta
 
     def kernel_seconds(self, s: Strategy) -> float:
         return collectives_seconds(self.cm, kernel_collectives(s))
@@ -114,11 +128,15 @@ class Pricing:
         """(forward, backward) collectives of one edge and the gathered copy it holds."""
         sizes = self.graph.mesh.sizes
         saved_slot = (dst, slot) in self.saved.slots
+        meta = src.out_metas[idx]
+        gathered = self.gathered_meta(src, idx)
         fwd, bwd = edge_collectives(
-            s_src.outs[idx], s_dst.ins[slot], s_dst.grads[slot], src.out_metas[idx],
-            src.requires_grad, sizes, regather=s_src.regather and saved_slot,
+            s_src.outs[idx], s_dst.ins[slot], s_dst.grads[slot], meta, src.requires_grad, sizes,
+            regather=s_src.regather and saved_slot, gathered=gathered,
         )  # fmt: skip
         held = held_gather_bytes(src, s_src, s_dst.ins[slot], saved_slot, sizes) if fwd else 0
+        if held and gathered is not meta:
+            held = held * gathered.dtype.itemsize // meta.dtype.itemsize
         return fwd, bwd, held
 
     def call_seconds(
@@ -236,7 +254,11 @@ def make_plan(
     time_limit: float = 60.0,
     memory_budget: float | None = None,
     optimizer: str = "adamw",
+    precision: str = "fp32",
 ) -> Plan:
+    from autopar.solve.autocast import with_precision
+
+    captured = with_precision(captured, precision)
     cm = cost_model or CostModel.default_for(mesh)
     budget = float(memory_budget) if memory_budget is not None else cm.memory_budget_bytes()
     graph = build_graph(captured, mesh)
@@ -248,7 +270,7 @@ def make_plan(
         )
     restrict(graph, strategy)
     canon = canonical_map(graph)
-    ctx = Pricing.of(graph, cm, optimizer)
+    ctx = Pricing.of(graph, cm, optimizer, precision)
     problem, memory, edge_memory = build_problem(ctx, canon, budget)
     start = time.perf_counter()
     try:
@@ -257,7 +279,7 @@ def make_plan(
         raise _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy) from err
     solve_s = time.perf_counter() - start
     plan = _expand(ctx, canon, solution.choice, strategy, solution, solve_s, budget)
-    return plan
+    return dataclasses.replace(plan, precision=precision)
 
 
 def _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy):  # type: ignore[no-untyped-def]

@@ -1,8 +1,11 @@
 """The one registry of op sharding rules: op family -> rule.
 
-Contract: ``lookup(target)`` returns ``(family, rule)`` where ``rule(op, n)`` lists the
-``AxisStrategy``s of a node on one mesh axis of size n. An op with no rule gets the
-replicate-only rule, family ``"unknown"``, and the caller warns once naming it.
+Contract: ``lookup(target, op=None)`` returns ``(family, rule)`` where ``rule(op, n)``
+lists the ``AxisStrategy``s of a node on one mesh axis of size n. An op with no rule gets
+the replicate-only rule, family ``"unknown"``, and the caller warns once naming it
+(``unknown_name``). So does an op, given as ``op``, that touches a tensor of a dtype the
+rules do not reason about (``unusual_dtypes``: complex, float8, sub-byte, quantized):
+such tensors are never split, reduced or moved, whatever the op.
 Ops listed under ``replicate`` have a rule: they are known to need whole tensors.
 """
 
@@ -18,6 +21,11 @@ from autopar.strategies import rules_linear, rules_nn, rules_pointwise, rules_vi
 from autopar.strategies.rules_linear import Rule
 from autopar.strategies.types import AxisStrategy, OpView
 
+# dtypes the rules reason about: real floats, integers and bool
+USUAL_DTYPES = frozenset(
+    "bool uint8 int8 int16 int32 int64 float16 bfloat16 float32 float64".split()
+)
+
 POINTWISE = """
 add sub mul div neg abs exp log log1p sqrt rsqrt pow tanh sigmoid relu gelu silu erf sin cos
 clone alias contiguous to _to_copy detach lift_fresh_copy type_as dropout where masked_fill
@@ -27,22 +35,24 @@ full_like empty_like sign floor ceil round trunc fmod remainder bitwise_xor logi
 expm1 sinh cosh atan asin acos softplus hardtanh leaky_relu elu mish hardswish hardsigmoid
 """.split()
 
-DIM_EXCLUSIVE = {  # op -> (position, name) of the dim it works along
-    "softmax": (1, "dim"),
-    "_softmax": (1, "dim"),
-    "log_softmax": (1, "dim"),
-    "_log_softmax": (1, "dim"),
-    "cumsum": (1, "dim"),
-    "cumprod": (1, "dim"),
-    "diff": (1, "dim"),
-    "argmax": (1, "dim"),
-    "argmin": (1, "dim"),
+DIM_EXCLUSIVE = {  # op -> (position, name, default) of the dim it works along
+    "softmax": (1, "dim", -1),
+    "_softmax": (1, "dim", -1),
+    "log_softmax": (1, "dim", -1),
+    "_log_softmax": (1, "dim", -1),
+    "cumsum": (1, "dim", -1),
+    "cumprod": (1, "dim", -1),
+    "diff": (2, "dim", -1),  # diff(input, n=1, dim=-1, prepend, append)
+    "argmax": (1, "dim", None),  # no dim: over the flattened tensor
+    "argmin": (1, "dim", None),
 }
+REDUCES_DIM = {"argmax", "argmin"}  # the dim leaves the output unless keepdim
 
 REPLICATE = """
 arange full zeros ones empty scalar_tensor new_ones new_zeros new_full new_empty rand randn
 randint index index_select gather scatter scatter_add index_put nonzero sort topk masked_select
-repeat tril triu flip roll one_hot bincount unique nll_loss_forward nll_loss2d_forward
+repeat tril triu flip roll one_hot bincount _unique2 unique_dim unique_consecutive
+nll_loss_forward nll_loss2d_forward
 """.split()
 
 
@@ -60,6 +70,8 @@ def _build() -> dict[str, tuple[str, Rule]]:
     table: dict[str, tuple[str, Rule]] = {}
     for name, rule in rules_linear.RULES.items():
         table[name] = ("matmul", rule)
+    for name, rule in rules_linear.CONV_RULES.items():
+        table[name] = ("conv", rule)
     for name, rule in rules_view.RULES.items():
         table[name] = ("view", rule)
     for name, rule in rules_nn.RULES.items():
@@ -68,8 +80,11 @@ def _build() -> dict[str, tuple[str, Rule]]:
         table[name] = ("pointwise", partial(rules_pointwise.pointwise_rule, name=name))
     for name in ("sum", "mean"):
         table[name] = ("reduction", partial(rules_pointwise.reduction_rule, name=name))
-    for name, (pos, arg) in DIM_EXCLUSIVE.items():
-        rule = partial(rules_pointwise.dim_exclusive_rule, dim_pos=pos, dim_name=arg)
+    for name, (pos, arg, default) in DIM_EXCLUSIVE.items():
+        rule = partial(
+            rules_pointwise.dim_exclusive_rule, dim_pos=pos, dim_name=arg, default=default,
+            reduces=name in REDUCES_DIM,
+        )  # fmt: skip
         table[name] = ("dim-exclusive", rule)
     table["broadcast_tensors"] = ("pointwise", rules_pointwise.broadcast_tensors_rule)
     for name in ("layer_norm", "rms_norm"):
@@ -96,14 +111,29 @@ class Registry:
     def __init__(self) -> None:
         self._table = _build()
 
-    def lookup(self, target: Any) -> tuple[str, Rule]:
+    def lookup(self, target: Any, op: OpView | None = None) -> tuple[str, Rule]:
         name = op_name(target)
+        if op is not None and unusual_dtypes(op):
+            return "unknown", rules_nn.replicate_rule
         if name in self._table:
             return self._table[name]
         return "unknown", rules_nn.replicate_rule
 
+    def unknown_name(self, target: Any, op: OpView | None = None) -> str:
+        """How a replicated op is named in warnings: ``fft_fft``, or ``abs on complex64``
+        when it has a rule that does not apply to its dtypes."""
+        name = op_name(target)
+        odd = unusual_dtypes(op) if op is not None else []
+        return f"{name} on {', '.join(odd)}" if odd else name
+
     def families(self) -> dict[str, str]:
         return {name: fam for name, (fam, _) in self._table.items()}
+
+
+def unusual_dtypes(op: OpView) -> list[str]:
+    """Names of the dtypes among ``op``'s tensors that the rules do not reason about."""
+    names = {str(m.dtype).removeprefix("torch.") for m in (*op.inputs, *op.outputs)}
+    return sorted(names - USUAL_DTYPES)
 
 
 RuleFn = Callable[[OpView, int], list[AxisStrategy]]

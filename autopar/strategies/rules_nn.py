@@ -7,9 +7,11 @@ Contract:
 - scaled_dot_product_attention(q, k, v, mask?): shard the batch or the heads (GQA keeps
   its grouping when both head counts divide), or the query sequence when the op is not
   ``is_causal`` (keys and values replicated).
-- cross_entropy_loss(logits, target): shard the batch; with a mean or sum reduction the
-  ``sharded_cross_entropy`` kernel reduces the local sum and the count of counted targets
-  over the axis, so ``ignore_index`` is honoured exactly; the loss is replicated.
+- cross_entropy_loss(logits, target): shard the batch; with a mean or sum reduction of
+  class indices the ``sharded_cross_entropy`` kernel reduces the local sum and the count
+  of counted targets over the axis, so ``ignore_index`` is honoured exactly; the loss is
+  replicated. Class-probability targets count every row: the local mean (sum) is a
+  ``Partial("avg")`` (``Partial``) of the loss.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def cross_entropy_rule(op: OpView, n: int) -> list[AxisStrategy]:
         return found
     if reduction == 0:
         found.append(AxisStrategy((Shard(0), Shard(0)), (Shard(0),), split=True))
+    elif op.inputs[1].is_float:  # class probabilities: every row counts, no ignore_index
+        out = Partial("avg") if reduction == 1 else P
+        found.append(AxisStrategy((Shard(0), Shard(0)), (out,), split=True))
     else:
         found.append(
             AxisStrategy((Shard(0), Shard(0)), (R,), split=True, kernel="sharded_cross_entropy")

@@ -5,8 +5,10 @@ Contract:
   aligned dim (inputs broadcast along that dim arrive replicated). Linear ops also pass
   ``Partial`` through: add/sub of two partial tensors, mul/div of one partial tensor by
   replicated ones, and unary casts and copies.
+  ``div`` with a ``rounding_mode`` rounds, so it passes no ``Partial``.
 - Reductions (sum, mean): a kept dim may be sharded; a reduced dim may be sharded and
   the output becomes ``Partial`` (``avg`` for mean).
+- Ops along one dim (softmax, cumsum, diff, argmax): any other dim may be sharded.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def pointwise_rule(op: OpView, n: int, name: str) -> list[AxisStrategy]:
         return found
     if name in ADDITIVE and k == 2 and all(m.shape == out.shape for m in op.inputs):
         found.append(AxisStrategy((P, P), (P,), split=False))
+    elif name in SCALING and op.arg(2, "rounding_mode", None) is not None:
+        pass  # div(..., rounding_mode=...) rounds: not linear
     elif name in SCALING or (name in UNARY_LINEAR and k == 1):
         slots = [0] if name == "div" else range(k)
         for i in slots:
@@ -72,17 +76,28 @@ def reduction_rule(op: OpView, n: int, name: str) -> list[AxisStrategy]:
     return found
 
 
-def dim_exclusive_rule(op: OpView, n: int, dim_pos: int, dim_name: str) -> list[AxisStrategy]:
-    """Ops that work along one dim (softmax, cumsum, diff): shard any other dim."""
+def dim_exclusive_rule(
+    op: OpView, n: int, dim_pos: int, dim_name: str, default: int | None = -1,
+    reduces: bool = False,
+) -> list[AxisStrategy]:  # fmt: skip
+    """Ops that work along one dim (softmax, cumsum, diff, argmax): shard any other dim.
+    Extra tensor inputs of the same rank (diff's prepend/append) shard with the input;
+    with ``reduces`` (argmax) the dim is dropped from the output unless ``keepdim``, and
+    no dim (``None``: over the flattened tensor) leaves nothing to shard."""
     x = op.inputs[0]
-    dim = op.arg(dim_pos, dim_name, -1) % max(x.ndim, 1)
     k = len(op.inputs)
     found = [AxisStrategy(tuple([R] * k), tuple(R for _ in op.outputs), split=False)]
+    dim = op.arg(dim_pos, dim_name, default)
+    if dim is None or x.ndim == 0:
+        return found
+    dim %= x.ndim
+    drop = reduces and not op.arg(dim_pos + 1, "keepdim", False)
     for d, s in enumerate(x.shape):
         if d == dim or s % n or s < n:
             continue
-        ins = tuple(Shard(d) if m.shape == x.shape else R for m in op.inputs)
-        found.append(AxisStrategy(ins, tuple(Shard(d) for _ in op.outputs), split=True))
+        ins = tuple(Shard(d) if m.ndim == x.ndim and m.shape[d] == s else R for m in op.inputs)
+        od = d - 1 if drop and d > dim else d
+        found.append(AxisStrategy(ins, tuple(Shard(od) for _ in op.outputs), split=True))
     return found
 
 

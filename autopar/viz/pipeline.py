@@ -1,14 +1,21 @@
-"""Reading ``plan.pipeline`` for pictures, and simulating its schedule.
+"""Reading ``plan.pipeline`` for pictures, and laying its schedule out in time.
 
 Contract: ``plan.pipeline`` is a JSON-able dict or None (None: one stage, one
 microbatch). This module reads it tolerantly: ``stages`` is a list of dicts naming
 their modules (``modules`` or ``layers``: module-path prefixes), optionally with
-``forward_s``/``backward_s`` per microbatch and ``memory_bytes``; ``microbatches`` (int)
-and ``schedule`` ("1f1b" or "gpipe", any case). ``stage_of_module`` returns a stage
-index or -1 for a module no stage names. ``simulate(plan)`` returns the timeline:
-``Slot``s (stage, microbatch, phase "F"/"B"/"comm", start, end) and the makespan,
-from per-stage times given by the pipeline or, failing that, from the plan's own
-compute (backward = 2 x forward) and communication.
+``forward_s``/``backward_s``/``comm_s`` per microbatch and ``memory_bytes``;
+``microbatches`` (int), ``schedule`` ("1f1b", "gpipe" or "interleaved_1f1b", any case)
+and ``chunks`` (virtual stages per rank; stage ``s`` runs on rank ``s % ranks``).
+``stage_of_module`` returns a stage index or -1 for a module no stage names.
+``simulate(plan)`` returns a ``Timeline``: ``Slot``s (stage, microbatch, phase
+"F"/"B"/"comm", start, end, rank) and the makespan. The order of work on each rank is
+``autopar.pipeline.schedule.make_schedule``'s and its step and bubble are that module's
+``simulate``; this module only records when each action starts and ends, by the same
+dependency rule (``schedule._ready``), then appends each rank's exposed collectives
+(its stages' ``comm_s`` x microbatches; comm slots have stage -1). Per-stage times come
+from the pipeline or, failing that, from the plan's own compute (backward = 2 x forward)
+and communication. A pipeline the scheduler refuses (interleaving with microbatches not
+divisible by the ranks) is laid out as 1F1B over its stages, and ``note`` says so.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from autopar.pipeline import schedule as sched
 from autopar.plan import Plan
 
 
@@ -26,6 +34,19 @@ class Slot:
     phase: str
     start: float
     end: float
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class Timeline:
+    slots: tuple[Slot, ...]
+    total: float  # makespan, collectives included
+    kind: str  # the schedule laid out: gpipe | 1f1b | interleaved_1f1b
+    ranks: int
+    chunks: int
+    microbatches: int
+    bubble: float  # the scheduler's idle fraction of the busiest-idle rank (work only)
+    note: str = ""
 
 
 def stages_of(pipeline: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -40,9 +61,8 @@ def stage_of_module(pipeline: dict[str, Any] | None, module: str) -> int:
     if not stages:
         return 0
     best, found = -1, -1
-    for i, s in enumerate(
-        stages
-    ):  # the longest named prefix wins ("transformer.h.3" over "transformer")
+    # the longest named prefix wins ("transformer.h.3" over "transformer")
+    for i, s in enumerate(stages):
         for prefix in s.get("modules") or s.get("layers") or []:
             if (module == prefix or module.startswith(f"{prefix}.")) and len(prefix) > best:
                 best, found = len(prefix), i
@@ -57,6 +77,21 @@ def microbatches(pipeline: dict[str, Any] | None) -> int:
 
 def schedule_name(pipeline: dict[str, Any] | None) -> str:
     return str((pipeline or {}).get("schedule") or "1f1b").lower()
+
+
+def schedule_kind(pipeline: dict[str, Any] | None) -> str:
+    """One of ``autopar.pipeline.schedule.KINDS`` for a tolerantly spelled schedule."""
+    name = schedule_name(pipeline).replace("-", "_").replace(" ", "_")
+    if "gpipe" in name:
+        return "gpipe"
+    return "interleaved_1f1b" if "interleav" in name else "1f1b"
+
+
+def chunks_of(pipeline: dict[str, Any] | None) -> int:
+    given = (pipeline or {}).get("chunks")
+    if given:
+        return max(1, int(given))
+    return 2 if schedule_kind(pipeline) == "interleaved_1f1b" else 1
 
 
 def stage_times(plan: Plan) -> list[tuple[float, float, float]]:
@@ -83,51 +118,44 @@ def stage_times(plan: Plan) -> list[tuple[float, float, float]]:
     return [(c / 3 / m, 2 * c / 3 / m, comm / n / m) for c in compute]
 
 
-def _order(stage: int, n: int, m: int, kind: str) -> list[tuple[str, int]]:
-    if kind == "gpipe":
-        return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
-    warm = min(n - stage - 1, m)
-    order = [("F", i) for i in range(warm)]
-    f, b = warm, 0
-    while b < m:
-        if f < m:
-            order.append(("F", f))
-            f += 1
-        order.append(("B", b))
-        b += 1
-    return order
+def _schedule(plan: Plan, n: int, m: int) -> tuple[sched.Schedule, str]:
+    """The scheduler's schedule for ``n`` stages, or 1F1B over them with a note why."""
+    kind = schedule_kind(plan.pipeline) if n > 1 else "1f1b"
+    v = chunks_of(plan.pipeline) if kind == "interleaved_1f1b" else 1
+    try:
+        if n % v:
+            raise ValueError(f"{n} stages do not split into {v} chunks per rank")
+        return sched.make_schedule(kind, n // v, m, v), ""
+    except ValueError as e:
+        return sched.make_schedule("1f1b", n, m), f"drawn as 1f1b ({e})"
 
 
-def simulate(plan: Plan) -> tuple[list[Slot], float]:
+def simulate(plan: Plan) -> Timeline:
     times = stage_times(plan)
     n, m = len(times), microbatches(plan.pipeline)
-    kind = "gpipe" if "gpipe" in schedule_name(plan.pipeline) else "1f1b"
-    orders = [_order(s, n, m, kind) for s in range(n)]
+    schedule, note = _schedule(plan, n, m)
+    fwd, bwd = [t[0] for t in times], [t[1] for t in times]
+    sim = sched.simulate(schedule, fwd, bwd)
     done: dict[tuple[str, int, int], float] = {}
-    free = [0.0] * n
-    pos = [0] * n
+    clock = [0.0] * schedule.num_ranks
+    pos = [0] * schedule.num_ranks
     slots: list[Slot] = []
-    progress = True
-    while progress:
-        progress = False
-        for s in range(n):
-            while pos[s] < len(orders[s]):
-                phase, i = orders[s][pos[s]]
-                deps = [("F", s - 1, i)] if phase == "F" and s > 0 else []
-                if phase == "B":
-                    deps = [("F", s, i)] + ([("B", s + 1, i)] if s < n - 1 else [])
-                if any(d not in done for d in deps):
+    while any(pos[r] < len(acts) for r, acts in enumerate(schedule.ranks)):
+        for r, acts in enumerate(schedule.ranks):  # sched.simulate has proven this terminates
+            while pos[r] < len(acts):
+                a = acts[pos[r]]
+                ready = sched._ready(a, n, done, 0.0)
+                if ready is None:
                     break
-                start = max([free[s]] + [done[d] for d in deps])
-                end = start + times[s][0 if phase == "F" else 1]
-                done[(phase, s, i)] = end
-                slots.append(Slot(s, i, phase, start, end))
-                free[s] = end
-                pos[s] += 1
-                progress = True
-    for s in range(n):
-        comm = times[s][2] * m
+                start = max(clock[r], ready)
+                clock[r] = start + (fwd[a.stage] if a.kind == "F" else bwd[a.stage])
+                done[(a.kind, a.stage, a.microbatch)] = clock[r]
+                slots.append(Slot(a.stage, a.microbatch, a.kind, start, clock[r], r))
+                pos[r] += 1
+    for r in range(schedule.num_ranks):
+        comm = sum(times[s][2] for s in range(n) if schedule.rank_of(s) == r) * m
         if comm > 0:
-            slots.append(Slot(s, -1, "comm", free[s], free[s] + comm))
-            free[s] += comm
-    return slots, max(free) if free else 0.0
+            slots.append(Slot(-1, -1, "comm", clock[r], clock[r] + comm, r))
+            clock[r] += comm
+    return Timeline(tuple(slots), max(clock), schedule.kind, schedule.num_ranks,
+                    schedule.chunks, m, sim.bubble_fraction, note)  # fmt: skip

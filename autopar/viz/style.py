@@ -1,10 +1,10 @@
 """Shared look of autopar's pictures: placement colors, number formats, rendering.
 
 Contract: ``placement_color(p)`` maps a placement's short string (``R``, ``S(0)``, ``P``)
-to a fill color, the same in every picture; ``render(graph, path_or_format)`` turns a
-``graphviz`` graph into SVG or PNG bytes (``dot``/``neato`` must be on PATH, else a
-ValueError says how to install graphviz); ``fmt_s``/``fmt_bytes`` print seconds and
-bytes short. Pure functions, no state.
+to a fill color, the same in every picture; ``render(graph, fmt)`` turns a ``graphviz``
+graph (the dataflow graph; the charts are plain SVG, ``viz.svg``) into SVG or PNG bytes
+(its engine, ``dot``, must be on PATH, else a ValueError says how to install graphviz);
+``fmt_s``/``fmt_bytes`` print seconds and bytes short. Pure functions, no state.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def check_graphviz(engine: str = "dot") -> None:
         )
 
 
-def render(graph: Any, fmt: str, pinned: bool = False) -> bytes:
-    """SVG or PNG bytes of a graphviz graph; ``pinned`` keeps the nodes' given positions."""
+def render(graph: Any, fmt: str) -> bytes:
+    """SVG or PNG bytes of a graphviz graph, laid out by its engine."""
     if fmt not in ("svg", "png"):
         raise ValueError(f"pictures are svg or png, got {fmt!r}")
     check_graphviz(graph.engine)
-    out = graph.pipe(format=fmt, neato_no_op=2 if pinned else None)
+    out = graph.pipe(format=fmt)
     return out if isinstance(out, bytes) else out.encode()

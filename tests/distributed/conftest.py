@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.harness import GlooPool
+from autopar.testing import GlooPool
 
 _HERE = Path(__file__).resolve().parent
 

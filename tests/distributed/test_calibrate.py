@@ -39,7 +39,7 @@ def test_calibrate_bad_usage(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "--nproc must be an int >= 2" in proc.stderr
+    assert "--nproc must be a whole number from 2" in proc.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "autopar", "calibrate", "-o", str(tmp_path / "no" / "p.json")],
         capture_output=True, text=True, timeout=60,

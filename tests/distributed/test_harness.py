@@ -1,16 +1,20 @@
-"""Tests of the gloo process pool itself (tests/distributed/harness.py).
+"""Tests of the gloo process pool itself (autopar.testing.GlooPool).
 
-Functions run on the ranks must live at module top level so they pickle by reference.
+Functions run on the ranks must live at module top level: each rank finds them again by
+module name or, as for this test module (pytest imports it with --import-mode=importlib, so
+it is not importable by name), by its file.
 """
 
+import importlib.util
 import os
+import sys
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from tests.distributed.harness import GlooPool
+from autopar.testing import GlooPool
 
 # ---- functions executed on the ranks --------------------------------------------------------
 
@@ -84,6 +88,25 @@ def test_all_reduce_4(pool4):
     assert len(out) == 4
     for t in out:
         torch.testing.assert_close(t, torch.full((4,), 10.0))
+
+
+def test_runs_a_function_of_a_module_known_only_by_its_file(pool2, tmp_path):
+    path = tmp_path / "rank_task.py"
+    path.write_text(
+        "import torch.distributed as dist\n"
+        "def task(rank, world_size, x):\n"
+        "    return (dist.get_rank(), x * 2, __name__)\n"
+    )
+    name = "autopar_pool_test_only_by_path"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        out = pool2.run(module.task, 21)
+    finally:
+        del sys.modules[name]
+    assert out == [(0, 42, name), (1, 42, name)]
 
 
 def test_unpicklable_fn_is_rejected_in_parent(pool2):

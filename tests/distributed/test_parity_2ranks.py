@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 import autopar
 from autopar.runtime.comm_count import CommCounter
-from tests.distributed.parity import check, train_parity
+from autopar.testing.parity import check, train_parity
 
 MODELS = ["mlp", "gpt2", "bert", "llama"]
 
@@ -49,6 +49,10 @@ def mlp_collectives(rank: int, world: int, strategy: str) -> dict[str, dict[str,
     phases["plan_forward"] = dict(compiled.plan.collectives("forward"))
     phases["plan_backward"] = dict(compiled.plan.collectives("backward"))
     phases["layouts"] = {k: str(v) for k, v in compiled.plan.params.items()}
+    phases["program_forward"] = compiled.expected_collectives("forward")
+    phases["program_backward"] = compiled.expected_collectives("backward")
+    reducer = getattr(compiled.program, "grad_reducer", None)
+    phases["buckets"] = [len(b.params) for b in reducer.buckets] if reducer else []
     return phases
 
 
@@ -66,10 +70,13 @@ def test_data_parallel_step_collectives(pool2) -> None:
     # forward: one collective to finish the loss (the mean over the split batch: an
     # all-reduce of partial means, or an all-gather of the tiny squared output when the
     # cost model finds one latency step cheaper); backward: one gradient all-reduce per
-    # parameter tensor (2 weights, 2 biases)
+    # parameter tensor (2 weights, 2 biases) in the plan, issued as ONE bucket of all four
+    # (DDP's design: they fit the first 1 MiB bucket)
     assert sum(r["forward"].values()) == 1 and set(r["forward"]) <= {"all_reduce", "all_gather"}, r
-    assert r["backward"] == {"all_reduce": 4}, r
-    assert r["forward"] == r["plan_forward"] and r["backward"] == r["plan_backward"]
+    assert r["plan_backward"] == {"all_reduce": 4}, r
+    assert r["backward"] == {"all_reduce": 1} and r["buckets"] == [4], r
+    assert r["forward"] == r["plan_forward"] == r["program_forward"]
+    assert r["backward"] == r["program_backward"]
     assert set(r["layouts"].values()) == {"(Replicate(),)"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.distributed.parity import check, train_parity
+from autopar.testing.parity import check, train_parity
 
 
 @pytest.mark.parametrize("example", ["mlp", "gpt2", "bert", "llama"])
@@ -29,7 +29,7 @@ def test_auto_2d_mesh_under_a_tight_budget_shards_parameters(pool4) -> None:
     from autopar.solve.planner import make_plan
 
     mesh = {"dp": 2, "tp": 2}
-    model, args, kwargs = importlib.import_module("examples.llama").build("tiny")
+    model, args, kwargs = importlib.import_module("autopar.zoo.llama").build("tiny")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         captured = capture(model, args, kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.distributed.pipeline_parity import check, pipeline_parity
+from autopar.testing.pipeline_parity import check, pipeline_parity
 
 
 @pytest.mark.parametrize("example", ["gpt2", "llama"])

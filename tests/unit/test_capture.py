@@ -40,7 +40,7 @@ def test_data_dependent_branch_names_file_line_and_fix():
 
 
 def test_capture_tiny_llama_on_meta():
-    from examples import llama
+    from autopar.zoo import llama
 
     model, args, kwargs = llama.build("tiny", device="meta")
     captured = capture(model, args, kwargs)
@@ -65,6 +65,70 @@ def test_capture_tiny_llama_on_meta():
     assert "model.layers.1.mlp.down_proj.weight" in captured.param_names
     # runtime-only assert nodes are dropped
     assert not any("_assert" in str(n.target) for n in calls)
+
+
+class _Switch(nn.Module):
+    """Its output depends on use_cache, as an HF model's (which then returns a KV cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, use_cache: bool | None = None) -> torch.Tensor:
+        y = self.lin(x).sum()
+        return y * 2 if use_cache is not False else y * 3
+
+
+def test_capture_passes_use_cache_false_unless_the_call_sets_it():
+    model, x = _Switch(), torch.randn(2, 4)
+    base = model.lin(x).sum()
+    torch.testing.assert_close(capture(model, (x,)).graph_module(x), base * 3)
+    got = capture(model, (x,), {"use_cache": True}).graph_module(x, use_cache=True)
+    torch.testing.assert_close(got, base * 2)  # the caller's explicit choice is kept
+    got = capture(model, (x, True)).graph_module(x, True)  # set positionally: kept too
+    torch.testing.assert_close(got, base * 2)
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+class _ReturnsCache(nn.Module):
+    """A forward without use_cache that returns a transformers Cache next to its outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        from transformers.cache_utils import DynamicCache
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        logits = self.lin(x)
+        return CausalLMOutputWithPast(
+            loss=logits.square().mean(), logits=logits, past_key_values=DynamicCache()
+        )
+
+
+def test_cache_objects_are_dropped_from_the_output():
+    model, x = _ReturnsCache(), torch.randn(2, 4)
+    out = capture(model, (x,)).graph_module(x)
+    assert list(out.keys()) == ["loss", "logits"]
+    torch.testing.assert_close(out.loss, model(x).loss)
+
+
+@pytest.mark.parametrize("name", ["hf-llama", "hf-t5"])
+def test_hf_default_config_captures_and_config_is_untouched(name):
+    from autopar.zoo import hf
+
+    model, args, kwargs = hf.build(name, dropout=False)  # dropout 0 for an exact comparison
+    assert model.config.use_cache is True  # the default, as a user leaves it
+    captured = capture(model, args, kwargs)
+    assert model.config.use_cache is True
+    out = captured.graph_module(*args, **kwargs)
+    assert "loss" in out and not any("cache" in k for k in out.keys())
+    torch.testing.assert_close(out.loss, model(*args, **kwargs).loss)
+    # an explicit use_cache=True is the caller's: capture keeps it and drops the cache object
+    kwargs = {**kwargs, "use_cache": True}
+    out = capture(model, args, kwargs).graph_module(*args, **kwargs)
+    assert "loss" in out and not any("cache" in k for k in out.keys())
 
 
 def test_non_module_raises_type_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from autopar.cli import main
 from autopar.cli.planning import parse_bytes, parse_strategy
 
+NEEDS_DOT = pytest.mark.skipif(
+    shutil.which("dot") is None,
+    reason="the graph picture needs graphviz's dot (apt-get install graphviz)",
+)
 
+
+@NEEDS_DOT
 def test_plan_json_schema_and_pictures(tmp_path, capsys) -> None:
     out, pic = tmp_path / "plan.json", tmp_path / "pics" / "plan.svg"
     assert (
@@ -37,6 +44,7 @@ def test_plan_json_schema_and_pictures(tmp_path, capsys) -> None:
     assert "transformer.h.0..1" in svg and "×2" in svg  # the two identical layers collapse
 
 
+@NEEDS_DOT
 def test_plan_html_and_png(tmp_path, capsys) -> None:
     html, png = tmp_path / "p.html", tmp_path / "p.png"
     assert (

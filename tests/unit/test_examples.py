@@ -1,13 +1,20 @@
-"""The bundled example models build, train (forward/backward) and export."""
+"""The bundled models (autopar.zoo) build, train (forward/backward) and export; every
+bundled name and a user's ``file.py:function`` resolve; the examples/ scripts are
+user-facing (they import autopar and transformers, never each other or a helper)."""
 
-import importlib
+import ast
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-EXAMPLES = ["mlp", "gpt2", "bert", "llama"]
+from autopar import zoo
+from autopar.models import resolve
+
+EXAMPLES = list(zoo.MODULES)
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _loss(out):
@@ -16,7 +23,7 @@ def _loss(out):
 
 @pytest.fixture(params=EXAMPLES)
 def example(request):
-    return importlib.import_module(f"examples.{request.param}")
+    return zoo.module(request.param)
 
 
 def test_sizes_declared(example):
@@ -63,7 +70,7 @@ def test_tiny_exports(example):
 
 
 def test_llama_7b_on_meta_allocates_nothing():
-    from examples import llama
+    from autopar.zoo import llama
 
     t0 = time.monotonic()
     model, args, kwargs = llama.build("7b", device="meta")
@@ -77,9 +84,64 @@ def test_llama_7b_on_meta_allocates_nothing():
 
 @pytest.mark.parametrize(
     "name,size",
-    [(n, s) for n in EXAMPLES for s in importlib.import_module(f"examples.{n}").SIZES],
+    [(n, s) for n in EXAMPLES for s in zoo.module(n).SIZES],
 )
 def test_every_size_builds_on_meta(name, size):
-    model, args, kwargs = importlib.import_module(f"examples.{name}").build(size, device="meta")
+    model, args, kwargs = zoo.module(name).build(size, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
     assert all(t.device.type == "meta" for t in [*args, *kwargs.values()])
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_bundled_name_resolves_on_meta(name):
+    model, args, kwargs = resolve(name, "meta")
+    assert isinstance(model, torch.nn.Module)
+    assert all(t.device.type == "meta" for t in [*args, *kwargs.values()])
+
+
+def test_unknown_name_lists_the_bundled_models():
+    with pytest.raises(ValueError, match="gpt2-tiny.*file.py:function"):
+        resolve("no-such-model")
+
+
+def test_a_users_file_resolves(tmp_path, monkeypatch):
+    (tmp_path / "my_model.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Linear(3, 2), (torch.randn(4, 3),)\n"
+        "def wrong():\n"
+        "    return 1\n"
+    )
+    model, args, kwargs = resolve(f"{tmp_path / 'my_model.py'}:build")
+    assert isinstance(model, torch.nn.Linear) and args[0].shape == (4, 3) and kwargs == {}
+    monkeypatch.chdir(tmp_path)  # relative to the working directory
+    assert isinstance(resolve("my_model.py:build")[0], torch.nn.Linear)
+    with pytest.raises(ValueError, match="no function 'nope'"):
+        resolve("my_model.py:nope")
+    with pytest.raises(ValueError, match="must return"):
+        resolve("my_model.py:wrong")
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve("missing.py:build")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES_DIR.glob("*.py")))
+def test_example_scripts_import_only_installed_packages(script):
+    tree = ast.parse((EXAMPLES_DIR / script).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{script}: relative import"
+            imported.add((node.module or "").split(".")[0])
+    local = {p.stem for p in EXAMPLES_DIR.glob("*.py")} | {"examples", "_common"}
+    assert not imported & local, f"{script} imports {imported & local} from the checkout"
+
+
+def test_the_custom_model_example_resolves_and_captures():
+    from autopar.capture import capture
+
+    model, args, kwargs = resolve(f"{EXAMPLES_DIR / 'custom_model.py'}:build")
+    loss = model(*args, **kwargs)
+    assert loss.dim() == 0
+    torch.testing.assert_close(capture(model, args, kwargs).graph_module(*args, **kwargs), loss)

@@ -1,8 +1,11 @@
 """Stage partitioning without processes: the layer DP against brute force, memory and
-p2p terms, layer discovery on captured models, and the split into stage programs."""
+p2p terms, layer discovery on captured models, the split into stage programs, and a ViT's
+parameter-only ops (class token, position embeddings) kept in one stage, with the chained
+stage programs' accumulated gradients equal to the model's."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import itertools
@@ -78,7 +81,7 @@ def test_memory_limit_is_respected_and_explained() -> None:
 
 @functools.cache
 def _captured(example: str):  # type: ignore[no-untyped-def]
-    model, args, kwargs = importlib.import_module(f"examples.{example}").build("tiny")
+    model, args, kwargs = importlib.import_module(f"autopar.zoo.{example}").build("tiny")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model, args, kwargs, capture(model, args, kwargs)
@@ -128,3 +131,55 @@ def test_choose_stages_records_a_json_plan() -> None:
     assert info["num_stages"] == 2 and info["microbatches"] == 4
     assert [s["units"] for s in info["stages"]] == [list(b) for b in part.bounds]
     assert 0.0 < info["predicted_bubble"] < 1.0
+
+
+def _vit():  # type: ignore[no-untyped-def]
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=128, num_labels=10,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    model = ViTForImageClassification(cfg)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cap = capture(copy.deepcopy(model), (), {"pixel_values": x[:1], "labels": y[:1]})
+    return model, x, y, cap
+
+
+def test_vit_parameter_only_ops_run_once_in_the_first_stage() -> None:
+    """``cls_token.expand(...)`` and ``+ position_embeddings`` read parameters, so they are
+    ops of unit 0, never ``const`` copies; each parameter lives in exactly one stage, and
+    the chained stage programs give the model's loss and, accumulated over two
+    microbatches of one image, its gradients (issue 10: the drift was not in the split)."""
+    model, x, y, cap = _vit()
+    units = find_units(cap.graph_module, cap.param_names)
+    assert units.labels == ("<pre>", "vit.layers.0", "vit.layers.1")
+    nodes = list(cap.graph_module.graph.nodes)
+    param_nodes = {n.name for n in nodes if n.op == "get_attr"}
+    readers = [n for n in nodes if n.op == "call_function"
+               and any(a.name in param_nodes and "embeddings" in str(a.target)
+                       and "patch" not in str(a.target) for a in n.all_input_nodes)]  # fmt: skip
+    assert {str(n.target) for n in readers} >= {"aten.expand.default", "aten.add.Tensor"}
+    for n in readers:
+        assert n.name not in units.const and units.unit[n.name] == 0, n.name
+    split = split_stages(cap, units, ((0, 2), (2, 3)))
+    assert split.shared_params == {}
+    owners = [p for st in split.stages for p in st.captured.param_names]
+    assert sorted(owners) == sorted(cap.param_names)  # each parameter in one stage
+    ref = copy.deepcopy(model)
+    for i in range(2):  # two microbatches of one image, gradients accumulated
+        out = tree_flatten_spec(((), {"pixel_values": x[i : i + 1], "labels": y[i : i + 1]}),
+                                split.in_spec)  # fmt: skip
+        for st in split.stages:
+            out = st.captured.graph_module(*out)
+        out[0].backward()
+        ref_loss = ref(pixel_values=x[i : i + 1], labels=y[i : i + 1]).loss
+        ref_loss.backward()
+        assert torch.allclose(out[0], ref_loss)
+    got = {k: p.grad for st in split.stages for k, p in st.captured.graph_module.named_parameters()}
+    for key, p in ref.named_parameters():
+        assert torch.allclose(got[key], p.grad, rtol=1e-5, atol=1e-6), key

@@ -19,7 +19,7 @@ from cost_models import ClusterSpec
 def _captured(example: str, batch: int = 8, seq: int = 16):  # type: ignore[no-untyped-def]
     import importlib
 
-    mod = importlib.import_module(f"examples.{example}")
+    mod = importlib.import_module(f"autopar.zoo.{example}")
     model, args, kwargs = mod.build("tiny", device="meta", batch_size=batch, seq_len=seq)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -33,7 +33,7 @@ CONFIGS = [
 
 @functools.cache
 def _built(example: str):
-    model, args, kwargs = importlib.import_module(f"examples.{example}").build("tiny")
+    model, args, kwargs = importlib.import_module(f"autopar.zoo.{example}").build("tiny")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model, capture(model, args, kwargs)
@@ -248,7 +248,7 @@ def test_repeated_layers_get_identical_placements(strategy, axes):
 def _llama_plan(cfg_changes: dict, size: str, device: str, axes) -> Plan:
     from transformers import LlamaForCausalLM
 
-    from examples import llama
+    from autopar.zoo import llama
 
     _, args, kwargs = llama.build(size, device=device, batch_size=8, seq_len=16)
     cfg = llama.config(size)
@@ -279,7 +279,7 @@ def test_merged_layers_do_not_grow_the_ilp():
 
 @pytest.mark.timeout(120)
 def test_llama_7b_on_meta_plans_fast_with_merged_layers():
-    from examples import llama
+    from autopar.zoo import llama
 
     t0 = time.monotonic()
     model, args, kwargs = llama.build("7b", device="meta")

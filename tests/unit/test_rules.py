@@ -188,7 +188,7 @@ def test_unknown_op_is_replicate_only_and_warned():
 
 @functools.cache
 def _gpt2_graph(axes: tuple[tuple[str, int], ...]):
-    from examples import gpt2
+    from autopar.zoo import gpt2
 
     model, args, kwargs = gpt2.build("tiny")
     with warnings.catch_warnings():
@@ -248,3 +248,126 @@ def test_gradient_layout_law(axes):
                 # split compute: every replicated input's gradient is a partial sum
                 assert all(g == (P,) for lay, g in zip(s.ins, s.grads) if lay == (R,))
     assert checked > 500
+
+
+def _view(target, *shapes, args=None, kwargs=None, out=None):
+    """An OpView of ``target`` on fp32 tensors of ``shapes`` (args default to the slots)."""
+    metas = tuple(TensorMeta(s, F32) for s in shapes)
+    slots = tuple(Arg(i, m) for i, m in enumerate(metas))
+    real = target(*(torch.zeros(s) for s in shapes), *(args or ()), **(kwargs or {}))
+    outs = (TensorMeta(tuple(real.shape), F32),) if out is None else out
+    return OpView(target, slots + tuple(args or ()), dict(kwargs or {}), metas, outs)
+
+
+def _offered(op, sizes=(2,)):
+    return {(s.ins, s.outs) for s in _strategies(op, sizes)[1]}
+
+
+def test_tied_embedding_matmul_offers_batch_n_and_k_splits():
+    """h @ wte.weight.t(): h [B, T, H] against a 2-D weight [H, V], as a linear is."""
+    op = _view(aten.matmul.default, (2, 4, 6), (6, 10))
+    s0, s1, s2 = Shard(0), Shard(1), Shard(2)
+    assert _offered(op) == {
+        (((R,), (R,)), ((R,),)),
+        (((s0,), (R,)), ((s0,),)),  # batch
+        (((s1,), (R,)), ((s1,),)),  # sequence (rows)
+        (((s2,), (s0,)), ((P,),)),  # hidden (contracted): partial logits
+        (((R,), (s1,)), ((s2,),)),  # vocabulary
+    }
+    # the weight first: [K] @ [B, K, N] and [B, M, K] @ [K]
+    assert (((R,), (s0,)), ((s0,),)) in _offered(_view(aten.matmul.default, (6,), (2, 6, 8)))
+    assert (((s2,), (s0,)), ((P,),)) in _offered(_view(aten.matmul.default, (2, 4, 6), (6,)))
+
+
+def test_matmul_broadcast_batch_of_size_one_stays_whole():
+    op = _view(aten.matmul.default, (2, 1, 4, 6), (4, 6, 8))  # -> [2, 4, 4, 8]
+    offered = _offered(op)
+    assert (((R,), (Shard(0),)), ((Shard(1),),)) in offered  # b's batch dim: a broadcasts
+    assert (((Shard(0),), (R,)), ((Shard(0),),)) in offered
+    assert all(ins[0] != (Shard(1),) for ins, _ in offered)  # a's size-1 dim never splits
+
+
+def test_convolution_offers_batch_and_channel_splits():
+    op = _view(aten.conv2d.default, (2, 4, 5, 5), (6, 4, 3, 3), (6,), args=([1, 1], [1, 1]))
+    family, strategies = _strategies(op, (2,))
+    assert family == "conv"
+    s0, s1 = Shard(0), Shard(1)
+    assert {(s.ins, s.outs) for s in strategies} == {
+        (((R,), (R,), (R,)), ((R,),)),
+        (((s0,), (R,), (R,)), ((s0,),)),  # batch
+        (((R,), (s0,), (s0,)), ((s1,),)),  # output channels: weight rows and bias
+        (((s1,), (s1,), (P,)), ((P,),)),  # input channels: partial sums, bias counted once
+    }
+    # grouped: the batch only; transposed: the weight's dim 1 holds the output channels
+    grouped = _view(aten.conv2d.default, (2, 4, 5, 5), (6, 2, 3, 3), args=(None, [1], [0], [1], 2))
+    assert _offered(grouped) == {(((R,), (R,)), ((R,),)), (((s0,), (R,)), ((s0,),))}
+    tr = _view(aten.conv_transpose2d.input, (2, 4, 3, 3), (4, 6, 3, 3), (6,), args=([2, 2],))
+    assert (((R,), (s1,), (s0,)), ((s1,),)) in _offered(tr)
+    assert (((s1,), (s0,), (P,)), ((P,),)) in _offered(tr)
+    unbatched = _view(aten.conv1d.default, (2, 7), (4, 2, 3), (4,))
+    assert (((R,), (s0,), (s0,)), ((s0,),)) in _offered(unbatched)
+
+
+def test_conv_and_einsum_flops():
+    from autopar.cost import op_work
+
+    op = _view(aten.conv2d.default, (2, 4, 5, 5), (6, 4, 3, 3), (6,), args=([1, 1], [1, 1]))
+    assert op_work(op, "conv")[0] == 2.0 * (2 * 6 * 5 * 5) * (4 * 3 * 3)
+    a, b = TensorMeta((2, 4, 6), F32), TensorMeta((2, 6, 8), F32)
+    ein = OpView(aten.einsum.default, ("bij,bjk->bik", [Arg(0, a), Arg(1, b)]), {}, (a, b),
+                 (TensorMeta((2, 4, 8), F32),))  # fmt: skip
+    assert op_work(ein, "matmul")[0] == 2.0 * 2 * 4 * 6 * 8
+
+
+def test_einsum_spec():
+    from autopar.strategies.rules_linear import einsum_spec
+
+    assert einsum_spec("bij,bjk->bik", [(2, 4, 6), (2, 6, 8)]) == "bij,bjk->bik"
+    assert einsum_spec("...ij,jk->...ik", [(2, 3, 4, 6), (6, 8)]) == "ABij,jk->ABik"
+    assert einsum_spec("...ij,...jk", [(1, 4, 6), (2, 6, 8)]) == "Bij,Ajk->Aik"  # broadcast
+    assert einsum_spec("ij,jk", [(4, 6), (6, 8)]) == "ij,jk->ik"  # implicit output
+    assert einsum_spec("ii->i", [(4, 4)]) is None  # a diagonal
+    assert einsum_spec("ij,jk->ik", [(4, 6), (5, 8)]) is None  # sizes disagree
+
+
+def test_rules_fixed_by_the_conformance_test():
+    s0, s1, s2 = Shard(0), Shard(1), Shard(2)
+    # argmax drops its dim: input dim 2 is output dim 1
+    argmax = _view(aten.argmax.default, (2, 3, 4, 6), args=(1,))
+    assert ((s2,), ((s1,),)) in {(s.ins[0], s.outs) for s in _strategies(argmax, (2,))[1]}
+    assert _offered(_view(aten.argmax.default, (4, 6))) == {(((R,),), ((R,),))}  # flattened
+    # diff(x, n, dim, prepend): the dim is argument 2; prepend shards with the input
+    x, pre = TensorMeta((4, 6, 2), F32), TensorMeta((4, 6, 1), F32)
+    diff = OpView(aten.diff.default, (Arg(0, x), 1, 2, Arg(1, pre)), {}, (x, pre), (x,))
+    assert _offered(diff) == {
+        (((R,), (R,)), ((R,),)), (((s0,), (s0,)), ((s0,),)), (((s1,), (s1,)), ((s1,),))
+    }  # fmt: skip
+    # div with a rounding mode passes no Partial
+    div = _view(aten.div.Tensor_mode, (4, 6), (4, 6), kwargs={"rounding_mode": "floor"})
+    assert all(s.outs != ((P,),) for s in _strategies(div, (2,))[1])
+    # cross-entropy on class probabilities: a mean over the local rows, no kernel
+    ce = _view(aten.cross_entropy_loss.default, (4, 10), (4, 10))
+    assert (((s0,), (s0,)), ((Partial("avg"),),)) in _offered(ce)
+    assert all(s.kernel is None for s in _strategies(ce, (2,))[1])
+    # baddbmm with a bias [M, N] broadcast over the batch: whole along the batch
+    bad = _view(aten.baddbmm.default, (4, 8), (2, 4, 6), (2, 6, 8))
+    assert (((R,), (s0,), (s0,)), ((s0,),)) in _offered(bad)
+    assert (((s0,), (s1,), (R,)), ((s1,),)) in _offered(bad)
+
+
+class _TiedHead(nn.Module):
+    def __init__(self, vocab: int = 1024, hidden: int = 64) -> None:
+        super().__init__()
+        self.wte, self.mix = nn.Embedding(vocab, hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = torch.tanh(self.mix(self.wte(ids))) @ self.wte.weight.t()
+        return logits.square().mean()
+
+
+def test_auto_plan_splits_a_tied_logits_matmul():
+    """The issue's case: ``h @ wte.weight.t()`` was left replicated on every device."""
+    captured = capture(_TiedHead(), (torch.randint(0, 1024, (16, 64)),))
+    plan = make_plan(captured, MeshSpec.of({"x": 8}), "auto")
+    (logits,) = [n for n in plan.nodes if n.name.startswith("matmul")]
+    assert logits.outs[0] != (R,), logits

@@ -8,10 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-try:
-    from examples._common import build_context, resolve_size
-except ImportError:  # run as a script: python examples/mlp.py
-    from _common import build_context, resolve_size  # type: ignore[no-redef]
+from autopar.zoo._common import build_context, resolve_size
 
 SIZES = ("tiny", "full")
 
@@ -63,10 +60,3 @@ def build(
         x = torch.randn(batch, widths[0], generator=gen).to(device)
         target = torch.randn(batch, widths[-1], generator=gen).to(device)
     return model, (x, target), {}
-
-
-if __name__ == "__main__":
-    model, args, kwargs = build("tiny")
-    loss = model(*args, **kwargs)
-    loss.backward()
-    print(f"mlp tiny: loss = {loss.item():.4f}")

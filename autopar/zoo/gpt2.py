@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-try:
-    from examples._common import build_context, random_tokens, resolve_size
-except ImportError:  # run as a script: python examples/gpt2.py
-    from _common import build_context, random_tokens, resolve_size  # type: ignore[no-redef]
+from autopar.zoo._common import build_context, random_tokens, resolve_size
 
 SIZES = ("tiny", "small", "full")
 _ALIASES = {"full": "small"}
@@ -26,8 +25,7 @@ _CONFIGS: dict[str, tuple[dict, int, int]] = {
 def config(size: str = "tiny") -> GPT2Config:
     cfg_kwargs, _, _ = _CONFIGS[resolve_size(size, SIZES, _ALIASES)]
     special = cfg_kwargs["vocab_size"] - 1  # GPT-2's <|endoftext|> is the last token id
-    return GPT2Config(
-        **cfg_kwargs,
+    settings: dict[str, Any] = dict(
         bos_token_id=special,
         eos_token_id=special,
         resid_pdrop=0.0,
@@ -36,6 +34,7 @@ def config(size: str = "tiny") -> GPT2Config:
         use_cache=False,
         attn_implementation="sdpa",
     )
+    return GPT2Config(**cfg_kwargs, **settings)
 
 
 def build(
@@ -57,14 +56,7 @@ def build(
     # transformers cannot infer the loss from the class name "GPT2LMHeadModel" and warns.
     model.loss_type = "ForCausalLM"
     if torch.device(device).type != "meta":
-        model = model.to(torch.device(device))
+        model = torch.nn.Module.to(model, torch.device(device))
     input_ids = random_tokens((batch, seq), cfg.vocab_size, device=device, seed=seed + 1)
     labels = random_tokens((batch, seq), cfg.vocab_size, device=device, seed=seed + 2)
     return model, (), {"input_ids": input_ids, "labels": labels}
-
-
-if __name__ == "__main__":
-    model, args, kwargs = build("tiny")
-    loss = model(*args, **kwargs).loss
-    loss.backward()
-    print(f"gpt2 tiny: loss = {loss.item():.4f}")

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-try:
-    from examples._common import build_context, random_tokens, resolve_size
-except ImportError:  # run as a script: python examples/llama.py
-    from _common import build_context, random_tokens, resolve_size  # type: ignore[no-redef]
+from autopar.zoo._common import build_context, random_tokens, resolve_size
 
 SIZES = ("tiny", "7b", "70b", "full")
 _ALIASES = {"full": "7b"}
@@ -63,12 +62,12 @@ _CONFIGS: dict[str, tuple[dict, int, int]] = {
 
 def config(size: str = "tiny") -> LlamaConfig:
     cfg_kwargs, _, _ = _CONFIGS[resolve_size(size, SIZES, _ALIASES)]
-    return LlamaConfig(
-        **cfg_kwargs,
+    settings: dict[str, Any] = dict(
         attention_dropout=0.0,
         use_cache=False,
         attn_implementation="sdpa",
     )
+    return LlamaConfig(**cfg_kwargs, **settings)
 
 
 def build(
@@ -86,14 +85,7 @@ def build(
     with build_context(device, seed):
         model = LlamaForCausalLM(cfg)
     if torch.device(device).type != "meta":
-        model = model.to(torch.device(device))
+        model = torch.nn.Module.to(model, torch.device(device))
     input_ids = random_tokens((batch, seq), cfg.vocab_size, device=device, seed=seed + 1)
     labels = random_tokens((batch, seq), cfg.vocab_size, device=device, seed=seed + 2)
     return model, (), {"input_ids": input_ids, "labels": labels}
-
-
-if __name__ == "__main__":
-    model, args, kwargs = build("tiny")
-    loss = model(*args, **kwargs).loss
-    loss.backward()
-    print(f"llama tiny: loss = {loss.item():.4f}")

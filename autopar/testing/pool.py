@@ -1,18 +1,22 @@
-"""A reusable pool of gloo worker processes for multi-rank tests.
+"""A reusable pool of gloo worker processes: run a function on N gloo ranks.
 
 Spawning a rank costs seconds (importing torch), so a pool is started once (lazily, on the
 first ``run``) and reused for many tasks::
+
+    from autopar.testing import GlooPool
 
     pool = GlooPool(2)
     results = pool.run(my_fn, 3)      # calls my_fn(rank, world_size, 3) on every rank
     pool.close()
 
-``fn`` must be a top-level function of an importable module (e.g. ``tests.distributed.test_x``)
-so that it can be pickled by reference; its arguments and return values must be picklable.
+``fn`` must be a top-level function of a module: each rank finds it again by its module name
+and qualname, importing the module by name or, when it is not importable by name (a pytest
+test module, a script), loading its file by path. Its arguments and return values must be
+picklable. Nothing relies on ``sys.path`` or the working directory.
 
 Semantics of ``run``:
 
-* every rank gets ``torch.manual_seed(0)`` before the task;
+* every rank runs with one thread and gets ``torch.manual_seed(0)`` before the task;
 * if any rank raises, the run fails on every rank: an ``AssertionError`` is raised whose message
   holds the traceback of each failing rank.  If the other ranks do not finish shortly after a
   failure (typically: they are blocked in a collective the failed rank never entered), the pool
@@ -33,17 +37,14 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import signal
 import socket
 import sys
 import time
-import traceback
 import weakref
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from autopar.testing._worker import function_ref, worker_main
 
 _STARTUP_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 10.0
@@ -60,101 +61,6 @@ def _fn_name(fn: Callable[..., Any]) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return f"{mod}.{name}"
 
-
-# --------------------------------------------------------------------------------------------
-# worker side
-# --------------------------------------------------------------------------------------------
-
-
-def _worker_main(
-    rank: int,
-    world_size: int,
-    port: int,
-    collective_timeout_s: float,
-    repo_root: str,
-    task_q: Any,
-    result_q: Any,
-) -> None:
-    """Entry point of one rank.  Never returns: always ends with ``os._exit``."""
-    parent_pid = os.getppid()
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
-        if repo_root not in sys.path:
-            sys.path.insert(0, repo_root)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-            except Exception:
-                pass
-        os.environ.pop("TORCH_DISTRIBUTED_DEBUG", None)
-
-        import torch
-        import torch.distributed as dist
-
-        torch.set_num_threads(1)
-        timeout = timedelta(seconds=collective_timeout_s)
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=timeout,
-        )
-        # A separate group for the success agreement: a rank that skipped a user collective
-        # must not have its agreement all_reduce matched against that collective.
-        agree_group = dist.new_group(backend="gloo", timeout=timeout)
-        dist.barrier()
-    except BaseException:
-        try:
-            result_q.put(("init_error", rank, traceback.format_exc()))
-        finally:
-            os._exit(1)
-
-    result_q.put(("ready", rank))
-
-    while True:
-        try:
-            msg = task_q.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent_pid:  # orphaned: the parent died without closing us
-                os._exit(1)
-            continue
-        if msg[0] == "stop":
-            break
-        _, task_id, payload = msg
-
-        ok = True
-        out: bytes | str
-        try:
-            torch.manual_seed(0)
-            fn, args = pickle.loads(payload)
-            value = fn(rank, world_size, *args)
-            out = pickle.dumps(value)
-        except BaseException:
-            ok = False
-            out = traceback.format_exc()
-        result_q.put(("outcome", task_id, rank, ok, out))
-
-        try:
-            flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-            dist.all_reduce(flag, group=agree_group)
-            all_ok = int(flag.item()) == 0
-        except BaseException:
-            result_q.put(("broken", task_id, rank, traceback.format_exc()))
-            os._exit(1)
-        result_q.put(("agreed", task_id, rank, all_ok))
-
-    try:
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:
-        pass
-    os._exit(0)
-
-
-# --------------------------------------------------------------------------------------------
-# parent side
-# --------------------------------------------------------------------------------------------
 
 _LIVE_POOLS: weakref.WeakSet[GlooPool] = weakref.WeakSet()
 
@@ -232,13 +138,12 @@ class GlooPool:
         try:
             for rank in range(self.world_size):
                 p = self._ctx.Process(
-                    target=_worker_main,
+                    target=worker_main,
                     args=(
                         rank,
                         self.world_size,
                         port,
                         self.collective_timeout_s,
-                        REPO_ROOT,
                         self._task_qs[rank],
                         self._result_q,
                     ),
@@ -328,26 +233,24 @@ class GlooPool:
         return [r for r, p in enumerate(self._procs) if not p.is_alive()]
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout_s: float = 120.0) -> list[Any]:
-        """Run top-level picklable ``fn(rank, world_size, *args)`` on every rank.
+        """Run top-level ``fn(rank, world_size, *args)`` on every rank.
 
         Returns the per-rank results (index = rank).  Raises ``AssertionError`` (holding each
         failing rank's traceback) if any rank raises, and ``TimeoutError`` if the task does not
         finish within ``timeout_s`` (all ranks are then killed and restarted on the next run).
         """
         name = _fn_name(fn)
+        ref = function_ref(fn)
         try:
-            payload = pickle.dumps((fn, args))
+            payload = pickle.dumps(args)
         except Exception as e:
-            raise TypeError(
-                f"GlooPool.run: cannot pickle {name} and its arguments; the function must be "
-                f"defined at the top level of an importable module ({e})"
-            ) from e
+            raise TypeError(f"GlooPool.run: cannot pickle the arguments of {name} ({e})") from e
 
         self.start()
         self._task_counter += 1
         task_id = self._task_counter
         try:
-            return self._run_task(name, task_id, payload, timeout_s)
+            return self._run_task(name, task_id, (ref, payload), timeout_s)
         except BaseException:
             # Anything unexpected (including KeyboardInterrupt) leaves the workers in an
             # unknown state: kill them, a fresh pool is started on the next run.
@@ -355,10 +258,12 @@ class GlooPool:
                 self._kill()
             raise
 
-    def _run_task(self, name: str, task_id: int, payload: bytes, timeout_s: float) -> list[Any]:
+    def _run_task(
+        self, name: str, task_id: int, task: tuple[Any, bytes], timeout_s: float
+    ) -> list[Any]:
         n = self.world_size
         for q in self._task_qs:
-            q.put(("task", task_id, payload))
+            q.put(("task", task_id, *task))
 
         outcomes: dict[int, tuple[bool, Any]] = {}
         agreed: set[int] = set()

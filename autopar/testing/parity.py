@@ -1,22 +1,39 @@
-"""Parity driver shared by the distributed tests: compile, train, compare to a reference.
+"""Check a compiled model against the single-process model: compile, train, compare.
 
-``train_parity(rank, world, example, strategy, mesh, optimizer, steps)`` builds the
-example's tiny model twice from the same seed, trains the reference in this process and
-the compiled model over the process group on the same global batch, and returns the
-per-step losses and the largest differences of the final parameters, plus the
-collectives the compiled model issued in one step (counted by CommDebugMode).
+``train_parity(rank, world, example, strategy, mesh, optimizer, steps)`` (run on every rank,
+e.g. by ``GlooPool.run``) builds the example's tiny model (``build_tiny``: a bundled module
+name such as ``gpt2``, or a model-zoo sweep architecture such as ``hf-t5``, dropout-free)
+twice from the same seed, trains the reference in this process and the compiled model over
+the process group on the same global batch, and returns the per-step losses and the largest
+differences of the final parameters, plus the collectives the compiled model issued in one
+step (counted by CommCounter) with what the program's structure says it issues. ``check(result)`` asserts parity within ``TOLERANCE``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
+from collections import Counter
 from typing import Any
 
 import torch
 
 import autopar
 from autopar.runtime.comm_count import CommCounter
+
+
+def build_tiny(example: str) -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+    """The tiny model and batch of a bundled module (``mlp``, ``gpt2``, ``bert``, ``llama``)
+    or of a sweep architecture (``autopar.zoo.hf``), the latter with dropout set to 0."""
+    from autopar import zoo
+    from autopar.zoo import hf
+
+    if example in zoo.MODULES:
+        return zoo.module(example).build("tiny")  # type: ignore[no-any-return]
+    if example in hf.NAMES:
+        return hf.build(example, dropout=False)
+    raise ValueError(
+        f"unknown example {example!r}; expected one of {', '.join((*zoo.MODULES, *hf.NAMES))}"
+    )
 
 
 def _loss(out: Any) -> torch.Tensor:
@@ -32,8 +49,7 @@ def _run_one(
     cluster: str | None,
     memory_budget: float | None = None,
 ) -> dict[str, Any]:
-    mod = importlib.import_module(f"examples.{example}")
-    model, args, kwargs = mod.build("tiny")
+    model, args, kwargs = build_tiny(example)
     ref = copy.deepcopy(model)
     compiled = autopar.compile(
         model, args, kwargs, strategy=strategy, mesh=mesh, cluster=cluster,
@@ -54,24 +70,66 @@ def _run_one(
         opt_ref.step()
         opt.zero_grad()
         with CommCounter() as counter:
-            loss = _loss(compiled(*args, **kwargs))
-            loss.backward()
+            loss = compiled.step(*args, **kwargs)  # forward + backward; reads only the loss
         if step == 0:
             comms = dict(counter.counts)
         opt.step()
         losses.append(float(loss.detach()))
         ref_losses.append(float(loss_ref.detach()))
     diffs, missing = state_diffs(compiled.full_state_dict(), ref.state_dict())
+    held = held_bytes(compiled, opt)
+    with torch.no_grad():  # the forward path: every output made whole, equal to the model's
+        outputs = output_diffs(compiled(*args, **kwargs), ref(*args, **kwargs))
     return {
         "losses": losses, "ref_losses": ref_losses, "diffs": diffs,
         "missing": missing, "comms": comms,
-        "planned": dict(compiled.plan.collectives()),
+        "expected": compiled.expected_collectives(),
+        "planned": planned_explicit(compiled),
+        "explicit": dict(sum((Counter(c) for c in compiled._explicit.values()), Counter())),
+        "program_modes": {k: v.mode for k, v in compiled.params_spec.items()},
+        "outputs": outputs,
         "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
             str(p) != "R" for p in n.outs[0])),
         "modes": compiled.plan.param_modes(),
         "memory": dict(compiled.plan.predicted.memory),
-        "held": held_bytes(compiled, opt),
+        "held": held,
     }  # fmt: skip
+
+
+def planned_explicit(compiled: Any) -> dict[str, int]:
+    """The plan's collectives that the program writes out as statements: every reshard of
+    a non-parameter value (the loss included), custom-kernel collectives, and the reshards
+    of parameters the program moves at each use ("explicit" mode). The others (gradient
+    reductions and FSDP gathers) are issued per bucket and per layer instead of per edge."""
+    plan = compiled.plan
+    kind = {n.name: (n.kind, n.module) for n in plan.nodes}
+    out: Counter[str] = Counter()
+    for r in plan.reshards:
+        k, module = kind[r.src]
+        if k == "param" and compiled.params_spec[module].mode != "explicit":
+            continue
+        out.update(c.kind for c in r.collectives)
+    out.update(c.kind for n in plan.nodes for c in n.collectives)
+    return dict(out)
+
+
+def output_diffs(out: Any, ref: Any) -> dict[str, float]:
+    """Max |difference| of every tensor leaf of the two outputs, by position.
+
+    Only tensors count: the model's own call may return inference objects besides (a
+    Hugging Face causal LM left at ``use_cache=True`` returns its KV cache, a
+    ``DynamicCache``), which capture switches off and the compiled model does not return."""
+    import torch.utils._pytree as pytree
+
+    def tensors(tree: Any) -> list[torch.Tensor]:
+        return [x for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor)]
+
+    a, b = tensors(out), tensors(ref)
+    return {
+        str(i): float((x.float() - y.float()).abs().max())
+        for i, (x, y) in enumerate(zip(a, b))
+        if x.shape == y.shape
+    } | ({"count": float(len(a) != len(b))} if len(a) != len(b) else {})
 
 
 def state_diffs(
@@ -141,6 +199,13 @@ def check(result: dict[str, Any]) -> None:
             assert diff <= atol + rtol * scale, (
                 f"{opt}: {key} differs by {diff} (max |ref| {scale})"
             )
-        assert r["comms"] == r["planned"], (
-            f"{opt}: collectives issued {r['comms']} differ from the plan's {r['planned']}"
+        assert r["comms"] == r["expected"], (
+            f"{opt}: collectives issued {r['comms']} differ from the program's {r['expected']}"
+        )
+        assert r["explicit"] == r["planned"], (
+            f"{opt}: the program's explicit collectives {r['explicit']} differ from the "
+            f"plan's {r['planned']}"
+        )
+        assert r["outputs"] and all(d <= atol + rtol for d in r["outputs"].values()), (
+            f"{opt}: outputs of forward differ {r['outputs']}"
         )

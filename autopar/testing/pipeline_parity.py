@@ -1,7 +1,8 @@
-"""Pipeline parity driver shared by the pipeline distributed tests.
+"""Check a pipeline-compiled model against the single-process model.
 
 ``pipeline_parity(rank, world, example, mesh, schedule, strategy, steps, layers)`` builds the
-example's tiny model (``layers`` blocks instead of its 2 when given) twice from the same seed, trains the reference in this process with SGD and
+example's tiny model (``parity.build_tiny``; ``layers`` blocks instead of its 2 when given)
+twice from the same seed, trains the reference in this process with SGD and
 the pipeline-compiled model (``autopar.compile(..., mesh=mesh, pipeline=...)`` and its
 ``step``) on the same global batch, and returns the per-step losses, the largest
 parameter differences after the steps and the pipeline record of the plan.
@@ -10,13 +11,12 @@ parameter differences after the steps and the pipeline record of the plan.
 from __future__ import annotations
 
 import copy
-import importlib
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 import autopar
-from tests.distributed.parity import state_diffs
+from autopar.testing.parity import build_tiny, state_diffs
 
 TOLERANCE = (1e-5, 4e-5)  # (rtol, atol)
 
@@ -31,14 +31,20 @@ def pipeline_parity(
     steps: int = 3,
     layers: int | None = None,
 ) -> dict[str, Any]:
-    mod = importlib.import_module(f"examples.{example}")
-    model, args, kwargs = mod.build("tiny")
-    if layers is not None:  # the same tiny config, deeper (interleaving needs >= 2 pp units)
-        cfg = mod.config("tiny")
+    from autopar import zoo
+    from autopar.zoo import hf
+
+    if layers is not None and example in hf.NAMES:  # the same size fields, more blocks
+        model, args, kwargs = hf.build(example, dropout=False, layers=layers)
+    else:
+        model, args, kwargs = build_tiny(example)
+    if layers is not None and example not in hf.NAMES:
+        # the same tiny config, deeper (interleaving needs >= 2 pp units)
+        cfg = zoo.module(example).config("tiny")
         setattr(cfg, "n_layer" if example == "gpt2" else "num_hidden_layers", layers)
         torch.manual_seed(0)
         model = type(model)(cfg)
-        model.loss_type = getattr(model, "loss_type", None) or "ForCausalLM"
+        cast(Any, model).loss_type = getattr(model, "loss_type", None) or "ForCausalLM"
     ref = copy.deepcopy(model)
     compiled = autopar.compile(
         model, args, kwargs, strategy=strategy, mesh=mesh, pipeline={"schedule": schedule}

@@ -6,13 +6,12 @@ cross-entropy loss over ``num_labels = 3`` classes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-try:
-    from examples._common import build_context, random_tokens, resolve_size
-except ImportError:  # run as a script: python examples/bert.py
-    from _common import build_context, random_tokens, resolve_size  # type: ignore[no-redef]
+from autopar.zoo._common import build_context, random_tokens, resolve_size
 
 SIZES = ("tiny", "base", "full")
 _ALIASES = {"full": "base"}
@@ -47,14 +46,14 @@ _CONFIGS: dict[str, tuple[dict, int, int]] = {
 
 def config(size: str = "tiny") -> BertConfig:
     cfg_kwargs, _, _ = _CONFIGS[resolve_size(size, SIZES, _ALIASES)]
-    return BertConfig(
-        **cfg_kwargs,
+    settings: dict[str, Any] = dict(
         num_labels=NUM_LABELS,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         classifier_dropout=0.0,
         attn_implementation="sdpa",
     )
+    return BertConfig(**cfg_kwargs, **settings)
 
 
 def build(
@@ -74,7 +73,7 @@ def build(
     with build_context(device, seed):
         model = BertForSequenceClassification(cfg)
     if torch.device(device).type != "meta":
-        model = model.to(torch.device(device))
+        model = torch.nn.Module.to(model, torch.device(device))
     input_ids = random_tokens((batch, seq), cfg.vocab_size, device=device, seed=seed + 1)
     if torch.device(device).type == "meta":
         attention_mask = torch.empty((batch, seq), dtype=torch.long, device="meta")
@@ -82,10 +81,3 @@ def build(
         attention_mask = torch.ones((batch, seq), dtype=torch.long, device=device)
     labels = random_tokens((batch,), NUM_LABELS, device=device, seed=seed + 2)
     return model, (), {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-if __name__ == "__main__":
-    model, args, kwargs = build("tiny")
-    loss = model(*args, **kwargs).loss
-    loss.backward()
-    print(f"bert tiny: loss = {loss.item():.4f}")
