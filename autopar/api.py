@@ -1,11 +1,15 @@
 """``autopar.compile``: the one call a training script makes.
 
 Contract: call on every rank after ``torch.distributed.init_process_group``. It
-captures the model, plans it on the mesh (``strategy`` "auto" solves the ILP; "dp",
-"tp", "fsdp" and "zero" are presets, see ``solve.presets``) under a per-device memory
-budget (``memory_budget`` bytes, default the device's memory x 0.9, priced for
-``optimizer``'s state) and returns a ``DistributedModel``. Every rank computes the same
-plan (the solver is deterministic), so no plan has to be broadcast. A ``plan=`` given
+captures the model and plans it with the one planning entry (``autopar.planning.plan``)
+for the world it runs in (``cluster`` names another of the same size): ``strategy``
+"auto" with no ``mesh`` searches pp x dp x tp, stages, schedule and the per-node ILP;
+presets, fixed degrees, a ``mesh`` and ``pipeline={"schedule", "microbatches"}`` are
+constraints on it; under a per-device memory budget (``memory_budget`` bytes, default the
+device's memory x 0.9, priced for ``optimizer``'s state) and in ``precision`` (default:
+bf16-mixed on GPUs, fp32 on CPUs). Rank 0 plans and every rank receives its plan. It
+returns a ``CompiledModel`` (one stage) or a ``PipelineModel`` (stages), both running
+the program the code generator writes for the plan. A ``plan=`` given
 is checked against the captured graph first (``plan_check.check_against``). Every
 collective on the mesh's groups waits at most ``timeout`` seconds (default 300) for its
 peers, then raises on the ranks waiting.
@@ -20,21 +24,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from autopar import planning
 from autopar.capture import Captured, capture
 from autopar.codegen import program_source
 from autopar.mesh import MeshSpec
+from autopar.pipeline.runtime import microbatch_capture
 from autopar.plan import Plan
 from autopar.plan_check import check_against
-from autopar.precision import PRECISIONS, default_for
+from autopar.planning.request import constraints, parse_strategy
+from autopar.precision import check as check_precision
+from autopar.precision import default_for
 from autopar.runtime.compiled import CompiledModel, instantiate
 from autopar.runtime.program import Context
 from autopar.runtime.ranks import timed_device_mesh
-from autopar.solve.planner import make_plan
-from autopar.solve.presets import PRESETS
 from autopar.timeouts import DEFAULT_TIMEOUT_S, check_timeout
 
 if TYPE_CHECKING:
-    from autopar.pipeline.runtime import PipelineModel
+    from autopar.runtime.pipeline import PipelineModel
 
 
 def compile(  # noqa: A001 - the public name users asked for
@@ -55,63 +61,97 @@ def compile(  # noqa: A001 - the public name users asked for
     timeout = check_timeout(timeout, "timeout")
     if plan is not None and not isinstance(plan, Plan):
         raise TypeError(f"plan must be an autopar Plan (Plan.load(path)), got {type(plan).__name__}")
-    if strategy not in PRESETS and strategy != "pp":
-        raise ValueError(f"strategy must be one of {', '.join(PRESETS)}, got {strategy!r}")
-    if precision is None:  # how the plan was made, else what the world's devices train in
-        cuda = torch.cuda.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
-        precision = plan.precision if plan is not None else default_for(cuda)
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}; "
-            "bf16-mixed keeps fp32 master weights and computes in bf16"
-        )
+    options = _pipeline_options(pipeline)
+    parse_strategy(strategy)  # bad options fail before anything else
+    if precision is not None:
+        check_precision(precision)
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "autopar.compile needs an initialised process group: call "
             "torch.distributed.init_process_group('gloo' or 'nccl') on every rank first "
             "(torchrun sets up the environment for it)"
         )
+    cuda = torch.cuda.is_available() and dist.get_backend() == "nccl"
+    if precision is None:  # how the plan was made, else what the world's devices train in
+        precision = plan.precision if plan is not None else default_for(cuda)
+    check_precision(precision)
+    floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if precision == "bf16" and floats != {torch.bfloat16}:
+        raise ValueError(
+            f"precision='bf16' trains the model in bf16 as it is, but its parameters are "
+            f"{', '.join(sorted(str(d) for d in floats))}; build it in bf16 "
+            "(model.to(torch.bfloat16)) first, or use precision='bf16-mixed' to keep fp32 "
+            "master weights and compute in bf16"
+        )
     world = dist.get_world_size()
-    spec = MeshSpec.of(mesh if mesh is not None else world)
-    spec.check_world(world)
-    if strategy == "pp" or "pp" in spec.names:  # pipeline stages: autopar.pipeline
-        from autopar.pipeline.runtime import compile_pipeline
-
-        spec = MeshSpec.of({"pp": world}) if mesh is None else spec
-        if "pp" not in spec.names:
-            raise ValueError(
-                f"strategy='pp' cuts the model into pipeline stages along a mesh axis named "
-                f"'pp', but mesh {spec} has none; pass a mesh with one (e.g. "
-                f"mesh={{'pp': {world}}}), or leave mesh out to pipeline over all {world} ranks"
-            )
-        return compile_pipeline(model, tuple(example_inputs), example_kwargs, spec, strategy,
-                                cluster, pipeline, precision)  # fmt: skip
-    captured = capture(model, tuple(example_inputs), example_kwargs)
+    spec_cluster = world_cluster(world, cluster, cuda)
+    want = constraints(strategy, mesh, world)  # bad options fail here, on every rank
+    args, kwargs = tuple(example_inputs), dict(example_kwargs or {})
+    captured = capture(model, args, kwargs)
+    per_microbatch = microbatch_capture(model, args, kwargs)
     if plan is None:
-
-        def solve() -> Plan:
-            cost_model = None
-            if cluster is not None:
-                from cost_models import ClusterSpec, CostModel
-
-                cost_model = CostModel(ClusterSpec.parse(cluster), spec)
-            return make_plan(captured, spec, strategy, cost_model, memory_budget=memory_budget,
-                             optimizer=optimizer, precision=precision)  # fmt: skip
-
-        plan = plan_on_rank0(solve)
-    elif plan.mesh != spec:
-        raise ValueError(f"the plan was made for mesh {plan.mesh}, but mesh={spec} was given")
+        plan = plan_on_rank0(lambda: planning.plan(
+            captured, spec_cluster, strategy=strategy, mesh=want.mesh, precision=precision,
+            memory_budget=memory_budget, optimizer=optimizer, microbatch_capture=per_microbatch,
+            schedule=options.get("schedule"), microbatches=options.get("microbatches"),
+        ))  # fmt: skip
     elif plan.precision != precision:
         raise ValueError(
             f"the plan was made for precision {plan.precision!r}, but precision={precision!r} "
             "was given; leave precision out to use the plan's, or re-plan"
         )
-    else:
-        check_against(plan, captured)  # a plan is untrusted data: refused before it runs
-    device_type = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
-    ctx = Context(timed_device_mesh(device_type, spec.sizes, spec.names, timeout), precision)
-    compiled = build(captured, plan, model, ctx)
-    return compiled
+    if plan.stages:
+        from autopar.pipeline.rebatch import batch_of
+        from autopar.pipeline.runtime import build_pipeline
+
+        mb = batch_of(captured) // int((plan.pipeline or {})["microbatches"])
+        return build_pipeline(model, per_microbatch(mb), plan, timeout)
+    if want.mesh is not None and plan.mesh != want.mesh:
+        raise ValueError(f"the plan was made for mesh {plan.mesh}, but mesh={want.mesh} was given")
+    plan.mesh.check_world(world)
+    check_against(plan, captured)  # a plan is untrusted data: refused before it runs
+    device_type = "cuda" if cuda else "cpu"
+    ctx = Context(timed_device_mesh(device_type, plan.mesh.sizes, plan.mesh.names, timeout),
+                  precision)  # fmt: skip
+    return build(captured, plan, model, ctx)
+
+
+def world_cluster(world: int, cluster: str | None, cuda: bool) -> Any:
+    """The cluster ``compile`` plans for: the one named, else the ranks it runs on."""
+    from cost_models import ClusterSpec, detect_cluster
+
+    if cluster is not None:
+        spec = ClusterSpec.parse(cluster)
+        if spec.num_devices != world:
+            raise ValueError(
+                f"cluster {cluster!r} has {spec.num_devices} devices but the process group has "
+                f"{world} ranks; name a cluster of {world} devices (e.g. cpu:{world}) or "
+                "leave cluster out"
+            )
+        return spec
+    if not cuda:
+        return ClusterSpec.cpu(world)
+    here = detect_cluster()
+    per = min(here.devices_per_node, world)
+    return ClusterSpec(max(1, world // per), per, here.device)
+
+
+def _pipeline_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = dict(options or {})
+    unknown = set(opts) - {"schedule", "microbatches"}
+    if unknown:
+        raise ValueError(
+            f"unknown pipeline options {sorted(unknown)}; use schedule (1f1b, gpipe, "
+            "interleaved_1f1b) and microbatches"
+        )
+    if opts.get("schedule") not in (None, "1f1b", "gpipe", "interleaved_1f1b"):
+        raise ValueError(
+            f"pipeline schedule must be 1f1b, gpipe or interleaved_1f1b, got {opts['schedule']!r}"
+        )
+    m = opts.get("microbatches")
+    if m is not None and (not isinstance(m, int) or m < 1):
+        raise ValueError(f"pipeline microbatches must be a positive int, got {m!r}")
+    return opts
 
 
 def plan_on_rank0(solve: Any) -> Plan:

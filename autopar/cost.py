@@ -2,10 +2,14 @@
 
 Contract:
 - ``transition(src, dst, meta, sizes)`` lists the collectives that move a tensor from
-  layout ``src`` to ``dst``, axis by axis: S->R all-gather, P->R all-reduce, P->S
-  reduce-scatter, S(i)->S(j) all-to-all, R->S and R->P are local (no communication).
+  layout ``src`` to ``dst``: exactly the communicating steps the runtime runs
+  (``autopar.steps.walk_axes``, any pair of layouts): S->R all-gather, P->R all-reduce,
+  P->S reduce-scatter, S(i)->S(j) all-to-all, R->S and R->P local; a dim split by a
+  later axis too is first gathered on that axis.
   ``collective_seconds`` prices one: alpha-beta, plus a copy of the full tensor when it
-  is gathered or scattered on a dim other than 0, or is an all-to-all (``relayout``).
+  is gathered or scattered on a dim other than 0, or is an all-to-all (``relayout``);
+  one sent with others (a gradient bucket, a layer's FSDP collective) pays only its
+  ``latency_share`` of the latency.
 - ``edge_seconds`` prices a consumer slot: the forward transition of the value plus, if
   the value needs a gradient, the backward transition of its gradient (the consumer's
   gradient layout back to the producer's layout with ``Partial`` read as replicated).
@@ -67,6 +71,11 @@ class Collective:
     # the runtime copies the tensor once more around the call: a gather or scatter on a
     # dim other than 0 (collectives concatenate along dim 0), or gloo's all-to-all
     relayout: bool = False
+    # sent together with others in one collective (a gradient bucket, one layer's FSDP
+    # gather or reduce-scatter): it pays this share of its latency (the planner charges
+    # each member 1/group size in the ILP, and the whole latency once per group when it
+    # expands the plan); 1.0 = a collective of its own
+    latency_share: float = 1.0
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"kind": self.kind, "axis": self.axis, "bytes": self.nbytes}
@@ -112,7 +121,7 @@ def edge_collectives(
     gathered: TensorMeta | None = None,
 ) -> tuple[list[Collective], list[Collective]]:
     fwd = transition(src, dst, gathered or meta, sizes)
-    bwd = transition(grad, grad_of(src), meta, sizes) if needs_grad else []
+    bwd = transition(grad, grad_of(src), meta, sizes) if needs_grad and meta.is_float else []
     if regather and fwd:
         bwd = fwd + bwd  # gather again before the op's backward, then reduce its gradient
     return fwd, bwd
@@ -122,7 +131,10 @@ def collective_seconds(cm: CostModel, c: Collective) -> float:
     """One collective: its alpha-beta time, plus one read and write of the full tensor
     when the runtime relayouts it (``Collective.relayout``)."""
     copy = cm.compute_time(0.0, 2.0 * c.nbytes) if c.relayout else 0.0
-    return cm.collective_time(c.kind, c.nbytes, c.axis) + copy
+    alone = cm.collective_time(c.kind, c.nbytes, c.axis) + copy
+    if c.latency_share < 1.0 and c.nbytes:
+        return max(0.0, alone - (1.0 - c.latency_share) * cm.collective_latency(c.kind, c.axis))
+    return alone
 
 
 def collectives_seconds(cm: CostModel, collectives: list[Collective]) -> float:

@@ -9,12 +9,15 @@ names, reshards consistent with their nodes: ``autopar.plan_check.check_fields``
 raises ``PlanError`` naming the field or node, what it must be and how to get a good
 plan; ``plan_check.check_against(plan, captured)`` checks it against a captured graph.
 Plans are never pickled. ``summary()`` prints a per-layer table a person can read.
+``recompute`` holds the layers whose activations are recomputed in backward, as
+(layer path, mode) pairs with mode "selective" or "full" (``RECOMPUTE_MODES``; layers left
+out are "none"); the JSON key is optional (missing: no recomputation). A pipeline plan's
+stages each carry their own.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,8 @@ from typing import Any
 from autopar.mesh import MeshSpec
 from autopar.placement import Layout, Shard, layout_from_json, layout_str, layout_to_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+RECOMPUTE_MODES = ("none", "selective", "full")  # activation checkpointing per layer
 REMAKE = (
     "re-create the plan with `autopar plan MODEL --json PATH` (or Plan.save) instead of "
     "editing it by hand"
@@ -132,6 +136,11 @@ class Plan:
     # the standard baselines priced beside this plan: name -> {"step_time_s": ..., ...}
     baselines: dict[str, Any] = field(default_factory=dict, compare=False)
     precision: str = "fp32"  # autopar.precision: how the program stores and computes
+    # a pipeline: one whole Plan per stage, on the stage submesh (this plan's ``mesh``);
+    # ``nodes``/``reshards`` above are then their union, for reading and pictures
+    stages: tuple[Plan, ...] = field(default=(), compare=False)
+    # layers recomputed in backward: (layer path, "selective" | "full"), in layer order
+    recompute: tuple[tuple[str, str], ...] = ()
     version: int = SCHEMA_VERSION
     _index: dict[str, NodePlan] = field(default_factory=dict, compare=False, repr=False)
 
@@ -143,6 +152,11 @@ class Plan:
     @property
     def params(self) -> dict[str, Layout]:
         return {n.module: n.outs[0] for n in self.nodes if n.kind == "param"}
+
+    def programs(self) -> list[tuple[int, Plan]]:
+        """(stage index, the plan of that stage's program): one entry, this plan, without
+        pipeline stages."""
+        return list(enumerate(self.stages)) if self.stages else [(0, self)]
 
     def param_modes(self) -> dict[str, str]:
         """How each parameter is held, by what the plan does with it: "replicated";
@@ -188,6 +202,8 @@ class Plan:
             "pipeline": self.pipeline,
             "baselines": self.baselines,
             "precision": self.precision,
+            "stages": [st.to_json() for st in self.stages],
+            "recompute": [[path, mode] for path, mode in self.recompute],
             "nodes": [
                 {
                     "name": n.name, "op": n.op, "kind": n.kind, "module": n.module,
@@ -265,6 +281,8 @@ class Plan:
             f"solver {pr.solver} {pr.solve_status} in {pr.solve_s:.2f} s, "
             f"{pr.num_variables} variables",
         ]
+        if self.recompute:
+            lines.append(f"recompute: {recompute_summary(self.recompute)}")
         by_layer: dict[str, list[NodePlan]] = defaultdict(list)
         for n in self.nodes:
             if n.kind == "param":
@@ -290,6 +308,19 @@ class Plan:
         return "\n".join(lines)
 
 
+def recompute_summary(recompute: tuple[tuple[str, str], ...]) -> str:
+    """``full x 4 layers (h.0-h.3)``, one part per mode."""
+    parts = []
+    for mode in RECOMPUTE_MODES[1:]:
+        paths = [p for p, m in recompute if m == mode]
+        if not paths:
+            continue
+        short = [".".join(p.split(".")[-2:]) for p in paths]
+        span = short[0] if len(short) == 1 else f"{short[0]}-{short[-1]}"
+        parts.append(f"{mode} x {len(paths)} layer{'s' if len(paths) > 1 else ''} ({span})")
+    return "; ".join(parts)
+
+
 def _layer_key(module: str) -> str:
     parts = module.split(".")
     for i, p in enumerate(parts):
@@ -302,70 +333,6 @@ def _natural(key: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in key.replace(".", " . ").split()]
 
 
-def _str(x: Any, where: str) -> str:
-    if not isinstance(x, str):
-        raise PlanError(f"{where} must be a string, got {x!r}")
-    return x
-
-
-def _int(x: Any, where: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-        raise PlanError(f"{where} must be a whole number >= 0, got {x!r}")
-    return x
-
-
-def _float(x: Any, where: str) -> float:
-    """A cost or figure: finite and >= 0 (JSON lets NaN and Infinity through)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
-        raise PlanError(f"{where} must be a finite number >= 0, got {x!r}")
-    return float(x)
-
-
-def _list(x: Any, where: str) -> list[Any]:
-    if not isinstance(x, list):
-        raise PlanError(f"{where} must be a list, got {type(x).__name__}")
-    return x
-
-
-def _collective(c: Any, where: str) -> CollectivePlan:
-    if not isinstance(c, dict):
-        raise PlanError(f"{where}: a collective must be an object, got {c!r}")
-    return CollectivePlan(_str(c["kind"], f"{where} kind"), _str(c["axis"], f"{where} axis"),
-                          _int(c["nbytes"], f"{where} nbytes"), _str(c["phase"], f"{where} phase"))  # fmt: skip
-
-
-def _node(n: Any, lay: Any) -> NodePlan:
-    if not isinstance(n, dict):
-        raise PlanError(f"each plan node must be an object, got {n!r}")
-    w = f"node {n.get('name')!r}"
-    kernel = n["kernel"]
-    return NodePlan(
-        _str(n["name"], f"{w} name"), _str(n["op"], f"{w} op"), _str(n["kind"], f"{w} kind"),
-        _str(n["module"], f"{w} module"),
-        tuple(lay(x, f"{w} ins") for x in _list(n["ins"], f"{w} ins")),
-        tuple(lay(x, f"{w} outs") for x in _list(n["outs"], f"{w} outs")),
-        tuple(lay(x, f"{w} grads") for x in _list(n["grads"], f"{w} grads")),
-        None if kernel is None else _str(kernel, f"{w} kernel"),
-        _float(n["compute_s"], f"{w} compute_s"),
-        tuple(_collective(c, f"{w} collective") for c in _list(n.get("collectives", []), w)),
-        bool(n.get("reshard_after_forward", False)),
-    )  # fmt: skip
-
-
-def _reshard(r: Any, lay: Any) -> ReshardPlan:
-    if not isinstance(r, dict):
-        raise PlanError(f"each reshard must be an object, got {r!r}")
-    w = f"reshard {r.get('src')!r}->{r.get('dst')!r}"
-    return ReshardPlan(
-        _str(r["src"], f"{w} src"), _int(r["out_index"], f"{w} out_index"),
-        _str(r["dst"], f"{w} dst"), _int(r["slot"], f"{w} slot"),
-        lay(r["src_layout"], f"{w} src_layout"), lay(r["dst_layout"], f"{w} dst_layout"),
-        lay(r["grad_layout"], f"{w} grad_layout"),
-        tuple(_collective(c, f"{w} collective") for c in _list(r["collectives"], w)),
-        _float(r["seconds"], f"{w} seconds"),
-    )  # fmt: skip
-
-
 def _precision(value: Any) -> str:
     from autopar.precision import PRECISIONS
 
@@ -375,7 +342,16 @@ def _precision(value: Any) -> str:
 
 
 def _from_json(obj: Any) -> Plan:
-    from autopar.plan_check import check_fields
+    from autopar.plan_check import (
+        _float,
+        _int,
+        _list,
+        _node,
+        _recompute,
+        _reshard,
+        _str,
+        check_fields,
+    )  # fmt: skip
 
     if not isinstance(obj, dict):
         raise PlanError(f"a plan must be a JSON object, got {type(obj).__name__}")
@@ -428,6 +404,8 @@ def _from_json(obj: Any) -> Plan:
         predicted, unknown, dict(obj.get("source") or {}), obj.get("pipeline"),
         dict(obj.get("baselines") or {}),
         _precision(obj.get("precision", "fp32")),
+        tuple(_from_json(st) for st in _list(obj.get("stages") or [], "stages")),
+        _recompute(obj.get("recompute") or []),
     )  # fmt: skip
     check_fields(plan)
     return plan

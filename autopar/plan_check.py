@@ -1,28 +1,34 @@
 """Plans are untrusted data: the checks a plan passes before anything runs it.
 
 Contract:
+- ``_str``/``_int``/``_float``/``_list``/``_node``/``_reshard``: the strict field parsers
+  ``Plan.from_json`` uses (a string, a whole number >= 0, a finite number >= 0, a list;
+  the message names the field).
 - ``check_fields(plan)`` (called by ``Plan.from_json``/``Plan.load``): the strategy, every
   node kind, kernel, collective kind, phase and axis is one autopar knows; node names are
   unique; leaves (inputs, parameters, buffers) have one output and no inputs; op nodes
   have one gradient layout per input; every reshard names existing nodes, slots and
   outputs, carries exactly the layouts those nodes have, and no edge is resharded twice.
-  (Costs, counts and types are checked while parsing.) Raises ``PlanError`` naming the
-  node or reshard and what it must be.
+  (Costs, counts and types are checked while parsing.) Every ``recompute`` entry names a
+  layer once, with a mode of ``plan.RECOMPUTE_MODES``. Raises ``PlanError`` naming the
+  node, reshard or layer and what it must be.
 - ``check_against(plan, captured)``: the plan against a captured graph
   (``solve.graph.build_graph(captured, plan.mesh)``): the same node names, kinds and ops;
   every ``Shard`` dim within its tensor's rank; each node's (ins, outs, grads, kernel,
   regather) one of the strategies its op's rule allows; each node's kernel collectives and
-  the set of reshards (with their collectives) exactly what those layouts imply. A
+  the set of reshards (with their collectives) exactly what those layouts imply; every
+  recomputed layer one of the layer submodules the program has (``codegen.units.assign``). A
   tampered plan is refused with ``PlanError`` naming the node, before any step runs.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
 from autopar.placement import Layout, Shard, layout_str
-from autopar.plan import CollectivePlan, NodePlan, Plan, PlanError
+from autopar.plan import RECOMPUTE_MODES, CollectivePlan, NodePlan, Plan, PlanError, ReshardPlan
 
 NODE_KINDS = ("input", "param", "buffer", "op", "output")
 COLLECTIVE_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
@@ -30,6 +36,101 @@ PHASES = ("forward", "backward")
 KERNELS = ("vocab_embedding", "sharded_cross_entropy")  # autopar.runtime.kernels
 STRATEGIES = ("auto", "dp", "tp", "fsdp", "zero", "pp", "3d")
 LEAVES = ("input", "param", "buffer")
+
+
+# ---- parsing (used by Plan.from_json): strict types, finite non-negative numbers ----
+def _str(x: Any, where: str) -> str:
+    if not isinstance(x, str):
+        raise PlanError(f"{where} must be a string, got {x!r}")
+    return x
+
+
+def _int(x: Any, where: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+        raise PlanError(f"{where} must be a whole number >= 0, got {x!r}")
+    return x
+
+
+def _float(x: Any, where: str) -> float:
+    """A cost or figure: finite and >= 0 (JSON lets NaN and Infinity through)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+        raise PlanError(f"{where} must be a finite number >= 0, got {x!r}")
+    return float(x)
+
+
+def _list(x: Any, where: str) -> list[Any]:
+    if not isinstance(x, list):
+        raise PlanError(f"{where} must be a list, got {type(x).__name__}")
+    return x
+
+
+def _collective(c: Any, where: str) -> CollectivePlan:
+    if not isinstance(c, dict):
+        raise PlanError(f"{where}: a collective must be an object, got {c!r}")
+    return CollectivePlan(_str(c["kind"], f"{where} kind"), _str(c["axis"], f"{where} axis"),
+                          _int(c["nbytes"], f"{where} nbytes"), _str(c["phase"], f"{where} phase"))  # fmt: skip
+
+
+def _node(n: Any, lay: Any) -> NodePlan:
+    if not isinstance(n, dict):
+        raise PlanError(f"each plan node must be an object, got {n!r}")
+    w = f"node {n.get('name')!r}"
+    kernel = n["kernel"]
+    return NodePlan(
+        _str(n["name"], f"{w} name"), _str(n["op"], f"{w} op"), _str(n["kind"], f"{w} kind"),
+        _str(n["module"], f"{w} module"),
+        tuple(lay(x, f"{w} ins") for x in _list(n["ins"], f"{w} ins")),
+        tuple(lay(x, f"{w} outs") for x in _list(n["outs"], f"{w} outs")),
+        tuple(lay(x, f"{w} grads") for x in _list(n["grads"], f"{w} grads")),
+        None if kernel is None else _str(kernel, f"{w} kernel"),
+        _float(n["compute_s"], f"{w} compute_s"),
+        tuple(_collective(c, f"{w} collective") for c in _list(n.get("collectives", []), w)),
+        bool(n.get("reshard_after_forward", False)),
+    )  # fmt: skip
+
+
+def _reshard(r: Any, lay: Any) -> ReshardPlan:
+    if not isinstance(r, dict):
+        raise PlanError(f"each reshard must be an object, got {r!r}")
+    w = f"reshard {r.get('src')!r}->{r.get('dst')!r}"
+    return ReshardPlan(
+        _str(r["src"], f"{w} src"), _int(r["out_index"], f"{w} out_index"),
+        _str(r["dst"], f"{w} dst"), _int(r["slot"], f"{w} slot"),
+        lay(r["src_layout"], f"{w} src_layout"), lay(r["dst_layout"], f"{w} dst_layout"),
+        lay(r["grad_layout"], f"{w} grad_layout"),
+        tuple(_collective(c, f"{w} collective") for c in _list(r["collectives"], w)),
+        _float(r["seconds"], f"{w} seconds"),
+    )  # fmt: skip
+
+
+def _recompute(x: Any) -> tuple[tuple[str, str], ...]:
+    """[[layer path, mode], ...] -> the plan's ``recompute`` ("none" entries dropped)."""
+    out = []
+    for e in _list(x, "recompute"):
+        if not isinstance(e, list) or len(e) != 2:
+            raise PlanError(f"each recompute entry must be [layer path, mode], got {e!r}")
+        path, mode = _str(e[0], "recompute layer"), _str(e[1], f"recompute mode of {e[0]!r}")
+        _check_mode(path, mode)
+        if mode != "none":
+            out.append((path, mode))
+    return tuple(out)
+
+
+def _check_mode(path: str, mode: str) -> None:
+    if mode not in RECOMPUTE_MODES:
+        raise PlanError(
+            f"layer {path!r} has recompute mode {mode!r}; the modes are "
+            f"{', '.join(RECOMPUTE_MODES)}"
+        )
+
+
+def _check_recompute(plan: Plan) -> None:
+    seen: set[str] = set()
+    for path, mode in plan.recompute:
+        _check_mode(path, mode)
+        if path in seen:
+            raise PlanError(f"layer {path!r} appears twice in recompute; list each layer once")
+        seen.add(path)
 
 
 def _lays(layouts: tuple[Layout, ...]) -> str:
@@ -86,6 +187,7 @@ def check_fields(plan: Plan) -> None:
             )
         _check_collectives(n.collectives, axes, w)
     _check_reshards(plan)
+    _check_recompute(plan)
 
 
 def _check_reshards(plan: Plan) -> None:
@@ -144,7 +246,10 @@ def check_against(plan: Plan, captured: Any) -> None:
             "captured graph only stage by stage. Plan pipelines with autopar.compile(mesh=... "
             "with a pp axis) or `autopar plan --strategy pp`"
         )
-    graph = build_graph(captured, plan.mesh)
+    from autopar.solve.autocast import with_precision
+
+    # priced as the program runs: bf16-mixed values have their autocast dtypes
+    graph = build_graph(with_precision(captured, plan.precision), plan.mesh)
     names = {n.name for n in plan.nodes}
     missing = [n for n in graph.nodes if n not in names]
     extra = [n for n in names if n not in graph.nodes]
@@ -172,6 +277,25 @@ def check_against(plan: Plan, captured: Any) -> None:
         chosen[n.name] = match[0]
         _same_inside(n, match[0], plan.mesh.names)
     _same_reshards(plan, graph, chosen)
+    _same_layers(plan, captured)
+
+
+def _same_layers(plan: Plan, captured: Any) -> None:
+    """Recomputed layers are layer submodules of this model's program."""
+    if not plan.recompute:
+        return
+    from autopar.codegen.units import assign
+
+    where, _ = assign(captured)
+    layers = sorted({p for p in where.values() if p})
+    for path, _mode in plan.recompute:
+        if path not in layers:
+            raise PlanError(
+                f"the plan recomputes layer {path!r}, which this model's program does not "
+                f"have (its layers: {', '.join(layers[:4]) or 'none'}"
+                f"{', ...' if len(layers) > 4 else ''}); plan this model instead of editing "
+                "the plan by hand"
+            )
 
 
 def _same_inside(n: NodePlan, s: Any, names: tuple[str, ...]) -> None:
@@ -190,7 +314,8 @@ def _same_reshards(plan: Plan, graph: Any, chosen: dict[str, Any]) -> None:
     from cost_models import CostModel
 
     names = plan.mesh.names
-    ctx = Pricing.of(graph, CostModel.default_for(plan.mesh), plan.predicted.optimizer)
+    ctx = Pricing.of(graph, CostModel.default_for(plan.mesh), plan.predicted.optimizer,
+                     plan.precision)  # fmt: skip
     want = {}
     for e in graph.edges:
         src, s_src, s_dst = graph.nodes[e.src], chosen[e.src], chosen[e.dst]

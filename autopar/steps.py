@@ -42,7 +42,7 @@ def _touched(s: Placement, d: Placement) -> set[int]:
 
 def _blockers(cur: Layout, a: int, dims: set[int]) -> list[int]:
     """Axes after ``a`` that split one of ``dims`` (their pieces would interleave)."""
-    return [b for b in range(a + 1, len(cur)) if isinstance(cur[b], Shard) and cur[b].dim in dims]
+    return [b for b, p in enumerate(cur) if b > a and isinstance(p, Shard) and p.dim in dims]
 
 
 def _axis_steps(s: Placement, d: Placement, a: int, before: Layout) -> tuple[Step, ...] | None:
@@ -72,6 +72,19 @@ def _axis_steps(s: Placement, d: Placement, a: int, before: Layout) -> tuple[Ste
     return (*whole, ("keep", a))
 
 
+def _moved(steps: tuple[Step, ...], a: int, cur: list[Placement]) -> list[tuple[Step, Layout]]:
+    """Each step of one axis' move with the layout it starts from (``cur`` updated)."""
+    out = []
+    for step in steps:
+        out.append((step, tuple(cur)))
+        kind = step[0]
+        if kind in ("all_gather", "all_reduce", "all_reduce_avg"):
+            cur[a] = R
+        elif kind in ("reduce_scatter", "chunk", "all_to_all"):
+            cur[a] = Shard(step[-1])
+    return out
+
+
 @cache
 def walk_axes(src: Layout, dst: Layout) -> tuple[tuple[Step, Layout], ...]:
     """The steps from ``src`` to ``dst`` (axes as indices), each with its start layout."""
@@ -84,7 +97,7 @@ def walk_axes(src: Layout, dst: Layout) -> tuple[tuple[Step, Layout], ...]:
             got = _axis_steps(cur[a], dst[a], a, tuple(cur))
             if got is None:
                 break
-            found += [(step, tuple(cur)) for step in got]
+            found += _moved(got, a, cur)
             cur[a] = dst[a]
         else:
             return tuple(found)
@@ -105,7 +118,7 @@ def walk_axes(src: Layout, dst: Layout) -> tuple[tuple[Step, Layout], ...]:
             target = d if clear and not _blockers(tuple(cur), a, _touched(cur[a], d)) else R
         got = _axis_steps(cur[a], target, a, tuple(cur))
         assert got is not None, (src, dst, cur, a)
-        found += [(step, tuple(cur)) for step in got]
+        found += _moved(got, a, cur)
         cur[a] = target
 
 

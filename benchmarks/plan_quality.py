@@ -86,10 +86,10 @@ CONFIGS = (
 
 
 def _flat(captured: Any, cluster: Any, mesh: Any, preset: str, budget: float | None) -> Any:
-    from autopar.cli.planning import NO_BUDGET, plan_on
-    from cost_models import CostModel
+    from autopar.planning import plan
+    from autopar.planning.session import NO_BUDGET
 
-    return plan_on(captured, mesh, preset, CostModel(cluster, mesh), budget or NO_BUDGET)
+    return plan(captured, cluster, strategy=preset, mesh=mesh, memory_budget=budget or NO_BUDGET)
 
 
 def _no_unit_axes(mesh: Any) -> Any:
@@ -105,9 +105,9 @@ def _entry(step: float, mem: float, budget: float, what: str) -> dict[str, Any]:
 
 def run(cfg: Config) -> dict[str, Any]:
     from autopar.capture import capture
-    from autopar.cli.planning import _tp_meshes
     from autopar.mesh import MeshSpec
     from autopar.pipeline.plan3d import _coarse, price_mesh, search
+    from autopar.planning.session import tp_meshes
     from autopar.solve.planner import PlanInfeasibleError
     from cost_models import ClusterSpec
 
@@ -119,7 +119,7 @@ def run(cfg: Config) -> dict[str, Any]:
     budget, n_dev = ranked.budget, cluster.num_devices
     base: dict[str, dict[str, Any]] = {}
     flat_meshes = {"ddp": (MeshSpec.of(n_dev), "dp"), "fsdp": (MeshSpec.of(n_dev), "fsdp"),
-                   "megatron": (_no_unit_axes(_tp_meshes(cluster)[-1]), "tp")}  # fmt: skip
+                   "megatron": (_no_unit_axes(tp_meshes(cluster)[-1]), "tp")}  # fmt: skip
     for name, (mesh, preset) in flat_meshes.items():
         try:
             p = _flat(captured, cluster, mesh, preset, None)

@@ -164,6 +164,18 @@ class CostModel:
             link = LinkSpec(fit.bandwidth, fit.alpha, "intra")
         return _collective_time(kind, nbytes, self.group_size(axis), link)
 
+    def collective_latency(self, kind: str, axis: AxisRef | Sequence[AxisRef]) -> float:
+        """The latency part (steps x alpha) of one collective ``kind`` along ``axis``:
+        what each additional collective costs when tensors are sent together instead."""
+        from cost_models.comm import ring_terms
+
+        link = self.link(axis)
+        fit = self.profile.collectives.get(kind) if self.profile is not None else None
+        if fit is not None and link.kind == "intra":
+            link = LinkSpec(fit.bandwidth, fit.alpha, "intra")
+        _, steps = ring_terms(kind, 1.0, self.group_size(axis))
+        return steps * link.alpha
+
     def memory_budget_bytes(self, headroom: float = 0.9) -> int:
         """Bytes per device a plan may use: ``memory_bytes * headroom``."""
         return int(self.device.memory_bytes * v.fraction("headroom", headroom))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from autopar.cli import calibrate, diff, emit, explain, plan, run
 from autopar.cli.common import EXIT_CODES
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help (0) or a bad option (2, argparse's message)
         return int(done.code or 0) if not isinstance(done.code, str) else 2
     try:
-        return int(args.fn(args))
+        with warnings.catch_warnings():
+            # a warning is one line for the user, not a source location
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"autopar {args.command}: warning: {message}", file=sys.stderr
+            )
+            return int(args.fn(args))
     except KeyboardInterrupt:
         print(f"autopar {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -66,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         if not _usage(err):
             raise
-        text = str(err) if not isinstance(err, KeyError) else str(err.args[0])
-        print(f"autopar {args.command}: {text}", file=sys.stderr)
+        print(f"autopar {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -18,20 +18,17 @@ Contract:
 from __future__ import annotations
 
 import argparse
-import ast
 import math
-import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 from autopar.mesh import MeshSpec
+from autopar.models import UserCodeError, check_model, user_code_error
+
+__all__ = ["EXIT_CODES", "UserCodeError", "check_model", "count", "parse_mesh", "rate",
+           "seconds", "user_code_error"]  # fmt: skip
 
 EXIT_CODES = "exit codes: 0 success, 1 a failed check, 2 bad usage, 3 a rank failed"
 MAX_PROCS = 128
-
-
-class UserCodeError(ValueError):
-    """The user's model file raised while autopar built the model."""
 
 
 def parse_mesh(text: str | None, devices: int) -> MeshSpec:
@@ -91,72 +88,3 @@ def seconds(flag: str, example: str = "300") -> Callable[[str], float]:
 
 def rate(flag: str) -> Callable[[str], float]:
     return lambda text: _finite(flag, text, "a finite number", "0.1")
-
-
-def _defines(tree: ast.Module, name: str) -> bool:
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if node.name == name:
-                return True
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                return True
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                if alias.name == "*" or (alias.asname or alias.name.split(".")[0]) == name:
-                    return True
-    return False
-
-
-def check_model(spec: str) -> None:
-    """Refuse a model spec that cannot work, without importing or running anything."""
-    from autopar import zoo
-
-    if ":" not in spec:
-        if spec not in zoo.BUNDLED and spec not in zoo.names():  # names() imports torch
-            raise ValueError(
-                f"unknown model {spec!r}; use a bundled model ({', '.join(zoo.names())}) or "
-                "path/to/file.py:function returning (model, args) or (model, args, kwargs)"
-            )
-        return
-    file, _, fn = spec.rpartition(":")
-    path = Path(file)
-    form = "path/to/file.py:function, where the function returns (model, args) or (model, args, kwargs)"
-    if not path.is_file():
-        raise ValueError(
-            f"model file {file!r} does not exist (from {spec!r}; relative paths are taken "
-            f"from {Path.cwd()}); give {form}"
-        )
-    if not fn.isidentifier():
-        raise ValueError(f"model {spec!r} names no function after the colon; give {form}")
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError, ValueError) as err:
-        line = getattr(err, "lineno", None)
-        raise ValueError(
-            f"model file {file!r} is not valid Python ({type(err).__name__}"
-            f"{f' at line {line}' if line else ''}: {getattr(err, 'msg', err)}); give {form}"
-        ) from None
-    if not _defines(tree, fn):
-        raise ValueError(f"{file} defines no function {fn!r}; define it or name another ({form})")
-
-
-def user_code_error(err: BaseException, spec: str) -> UserCodeError | None:
-    """``err`` as one paragraph when it was raised inside the model file ``spec`` names."""
-    if ":" not in spec or isinstance(err, UserCodeError):
-        return None
-    file, _, fn = spec.rpartition(":")
-    target = Path(file).resolve()
-    frames = [
-        f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == target
-    ]
-    if not frames:
-        return None
-    f = frames[-1]
-    return UserCodeError(
-        f"building the model with {spec} failed: {type(err).__name__}: {err} (raised at "
-        f"{f.filename}:{f.lineno} in {f.name}). autopar calls {fn}() with no arguments and "
-        "needs it to return (model, args) or (model, args, kwargs); fix the function and "
-        "run again"
-    )

@@ -74,7 +74,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from autopar.cli.plan import _console, _fmt
-    from autopar.cli.planning import figures
+    from autopar.planning.session import figures
     from autopar.placement import layout_str
 
     a, b = Plan.load(args.a), Plan.load(args.b)

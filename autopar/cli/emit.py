@@ -37,19 +37,32 @@ def check_out(out: str) -> None:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from autopar.cli.planning import Request, make
     from autopar.emit import emit
     from autopar.plan_check import check_against
+    from autopar.planning.session import Request, capture_model, make
 
     check_out(args.out)
     cluster = args.cluster or f"cpu:{args.nproc}"
-    req = Request(args.model, cluster, args.strategy, args.mesh, args.batch_size, args.seq_len)
-    plan, captured, _ = make(req)
-    if not plan.pipeline:
+    req = Request(args.model, cluster, args.strategy, args.mesh, args.batch_size, args.seq_len,
+                  precision=args.precision)  # fmt: skip
+    plan, captured = make(req)
+    stages = None
+    if plan.stages:  # the stage graphs the plan was made for, captured at the microbatch
+        from autopar.planning.pipeline import stage_graphs
+
+        info = plan.pipeline or {}
+        mb = (plan.source.get("batch_size") or 1) // int(info["microbatches"])
+        at_mb = capture_model(args.model, mb, plan.source.get("seq_len"), plan.precision)
+        stages = stage_graphs(at_mb, tuple(tuple(s["units"]) for s in info["stages"]))
+        for st in stages.stages:
+            check_against(plan.stages[st.index], st.captured)
+    else:
         check_against(plan, captured)  # the program is generated from exactly this plan
-    launch = emit(plan, captured, args.model, args.out, args.steps, args.lr, args.precision)
-    print(f"wrote {args.out}/program.py, train.py, plan.json and launch.sh "
-          f"(mesh {plan.mesh}, strategy {plan.strategy}, precision {args.precision})")  # fmt: skip
+    launch = emit(plan, captured, args.model, args.out, args.steps, args.lr, stages)
+    what = f"{len(plan.stages)} stage programs" if plan.stages else "program.py"
+    print(f"wrote {args.out}/{what}, train.py, plan.json and launch.sh "
+          f"(mesh {(plan.pipeline or {}).get('mesh', plan.mesh)}, strategy {plan.strategy}, "
+          f"precision {plan.precision})")  # fmt: skip
     print(f"launch: {launch}")
     return 0
 
@@ -72,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--steps", type=count("--steps"), default=5,
                    help="training steps the program runs (5)")  # fmt: skip
     p.add_argument("--lr", type=rate("--lr"), default=0.1, help="SGD learning rate (0.1)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed", "bf16"],
-                   help="fp32; bf16-mixed (fp32 master weights, bf16 compute); bf16")  # fmt: skip
+    p.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"],
+                   help="fp32; bf16-mixed (fp32 master weights, bf16 compute); bf16 "
+                   "(default: bf16-mixed for GPU clusters, fp32 for CPUs)")  # fmt: skip
     p.set_defaults(fn=cmd_emit)

@@ -49,29 +49,46 @@ def explain_all(plan: Plan, top: int | None) -> None:
     rows = node_table(plan)
     if top:
         rows = sorted(rows, key=lambda r: -(r[0].compute_s + r[1]))[:top]
-    t = Table(title=f"nodes of the plan (mesh {plan.mesh}); reshards are priced where they land",
+    stage: dict[str, int] = {}  # a pipeline plan: the first stage running each node
+    for k, st in enumerate(plan.stages):
+        for sn in st.nodes:
+            stage.setdefault(sn.name, k)
+    where = (f"{len(plan.stages)} pipeline stages ({(plan.pipeline or {}).get('schedule', '-')}), "
+             f"each on mesh {plan.mesh}" if plan.stages else f"mesh {plan.mesh}")  # fmt: skip
+    t = Table(title=f"nodes of the plan ({where}); reshards are priced where they land",
               title_justify="left")  # fmt: skip
-    for col in ("node", "op", "module", "in", "out", "compute", "reshards in", "inside"):
+    cols = ("node", "op", "module", "in", "out", "compute", "reshards in", "inside")
+    if plan.stages:
+        cols = ("stage", *cols)
+    for col in cols:
         t.add_column(
             col, overflow="fold", justify="right" if col in ("compute", "reshards in") else "left"
         )
     for n, reshard_s, _ in rows:
         inside = ", ".join(f"{c.kind}@{c.axis}" for c in n.collectives) or ""
-        t.add_row(n.name, n.op, n.module or "<top>", _lays(n.ins), _lays(n.outs), fmt_s(n.compute_s),
-                  fmt_s(reshard_s) if reshard_s else "", inside)  # fmt: skip
+        cells = [n.name, n.op, n.module or "<top>", _lays(n.ins), _lays(n.outs), fmt_s(n.compute_s),
+                 fmt_s(reshard_s) if reshard_s else "", inside]  # fmt: skip
+        if plan.stages:
+            cells.insert(0, str(stage.get(n.name, "-")))
+        t.add_row(*cells)
     _console().print(t)
 
 
 def alternatives(plan: Plan, name: str, model: str | None = None) -> list[dict[str, Any]]:
     """Every strategy of node ``name`` priced against its neighbours' chosen layouts
     (the model rebuilt by ``planning.rebuild``: a bundled one, or ``model``)."""
-    from autopar.cli.planning import rebuild
     from autopar.cost import collective_seconds
+    from autopar.planning.session import rebuild
     from autopar.solve.graph import build_graph
     from autopar.solve.planner import Pricing
     from autopar.solve.presets import restrict
 
-    captured, cm = rebuild(plan, model)
+    stage = stage_of(plan, name)
+    if stage is not None:  # a pipeline plan: the node's stage graph and that stage's plan
+        captured, cm = rebuild_stage(plan, stage, model)
+        plan = plan.stages[stage]
+    else:
+        captured, cm = rebuild(plan, model)
     graph = build_graph(captured, plan.mesh)
     if name not in graph.nodes:
         raise ValueError(
@@ -124,6 +141,68 @@ def alternatives(plan: Plan, name: str, model: str | None = None) -> list[dict[s
     return sorted(out, key=lambda a: (not a["chosen"], a["total_s"]))
 
 
+def stage_of(plan: Plan, name: str) -> int | None:
+    """The first pipeline stage whose plan has node ``name`` (None: no stages)."""
+    for k, st in enumerate(plan.stages):
+        if any(n.name == name for n in st.nodes):
+            return k
+    return None
+
+
+def rebuild_stage(plan: Plan, stage: int, model: str | None = None) -> tuple[Any, Any]:
+    """(stage graph, cost model of the stage's devices) for stage ``stage`` of a pipeline
+    plan: the model rebuilt like ``planning.rebuild`` does (a bundled one, or ``model``),
+    captured at the microbatch, cut at the plan's stage bounds, checked against that
+    stage's plan."""
+    from autopar import zoo
+    from autopar.pipeline.layers import sub_cluster
+    from autopar.pipeline.rebatch import batch_of, rebatch
+    from autopar.plan_check import check_against
+    from autopar.planning.pipeline import stage_graphs
+    from autopar.planning.session import _source_size, capture_model, cluster_of, load_profile
+    from cost_models import CostModel
+
+    src, info = plan.source, plan.pipeline or {}
+    spec = model or src.get("model")
+    if not spec or not isinstance(spec, str):
+        raise ValueError(
+            "this plan does not record how it was made (no source.model); pass the model "
+            "with --model NAME_OR_FILE.py:fn"
+        )
+    if model is None and spec not in zoo.names():
+        raise ValueError(
+            f"the plan names the model {spec!r}, which is not a bundled model; autopar does "
+            "not import or run code because a plan file names it. If you trust that file, "
+            f"pass it yourself: --model {spec}"
+        )
+    try:
+        stages = info["stages"]
+        bounds = tuple((int(st["units"][0]), int(st["units"][1])) for st in stages)
+        micro = int(info["microbatches"])
+        dp_tp = int(plan.stages[stage].mesh.num_devices)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(
+            f"the plan's pipeline record is incomplete ({type(err).__name__}: {err}); "
+            "re-create the plan with `autopar plan MODEL --json PATH`"
+        ) from None
+    batch, seq = _source_size(src, "batch_size"), _source_size(src, "seq_len")
+    precision = (
+        src.get("precision") if src.get("precision") in ("fp32", "bf16-mixed", "bf16") else None
+    )
+    mb = max(1, (batch or micro) // micro)
+    captured = capture_model(spec, mb, seq, precision)
+    if batch_of(captured) != mb:  # a user's builder takes no batch size: re-batch its graph
+        captured = rebatch(captured, mb)
+    split = stage_graphs(captured, bounds)
+    st = split.stages[stage].captured
+    check_against(plan.stages[stage], st)
+    cluster = src.get("cluster") if isinstance(src.get("cluster"), str) else plan.cluster
+    profile = src.get("profile") if isinstance(src.get("profile"), str) else None
+    full = cluster_of(cluster)
+    cm = CostModel(sub_cluster(full, dp_tp), plan.stages[stage].mesh, profile=load_profile(profile))
+    return st, cm
+
+
 def explain_node(plan: Plan, name: str, model: str | None = None) -> None:
     from rich.table import Table
 
@@ -140,8 +219,10 @@ def explain_node(plan: Plan, name: str, model: str | None = None) -> None:
         ) from None
     alts = alternatives(plan, name, model)
     base = next((a for a in alts if a["chosen"]), alts[0])
-    t = Table(title=f"{name} ({n.op}, module {n.module or '<top>'}): every placement, priced against "
-                    "its neighbours' choices", title_justify="left")  # fmt: skip
+    stage = stage_of(plan, name)
+    where = f", pipeline stage {stage} on {plan.stages[stage].mesh}" if stage is not None else ""
+    t = Table(title=f"{name} ({n.op}, module {n.module or '<top>'}{where}): every placement, "
+                    "priced against its neighbours' choices", title_justify="left")  # fmt: skip
     for col in (
         "",
         "in",

@@ -16,17 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from autopar.cli.common import EXIT_CODES, count
-from autopar.cli.planning import (
-    PRESET_NAMES,
-    Request,
-    baselines,
-    figures,
-    make,
-    parse_bytes,
-    prepare,
-)  # fmt: skip
 from autopar.placement import layout_str
 from autopar.plan import Plan
+from autopar.planning.request import PRESETS, parse_bytes
+from autopar.planning.session import Request, baselines, figures, make
 
 EXAMPLES = """examples:
   autopar plan gpt2 --cluster 8xH100 --visualize gpt2.html
@@ -98,6 +91,13 @@ def layer_rows(plan: Plan) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _precision_note(plan: Plan) -> str:
+    if plan.precision == "bf16-mixed":
+        default = "; the default on GPU clusters" if not plan.cluster.startswith("cpu") else ""
+        return f"bf16-mixed (fp32 master weights, bf16 compute{default})"
+    return plan.precision
+
+
 def print_summary(plan: Plan, console: Any = None) -> None:
     from rich.table import Table
 
@@ -110,6 +110,7 @@ def print_summary(plan: Plan, console: Any = None) -> None:
     head = Table(title="plan", show_header=False, title_justify="left")
     for k, v in (("model", src.get("model", "-")), ("cluster", plan.cluster), ("mesh", str(plan.mesh)),
                  ("strategy", plan.strategy),
+                 ("precision", _precision_note(plan)),
                  ("batch x seq", f"{src.get('batch_size', '-')} x {src.get('seq_len', '-')}"),
                  ("solver", f"{plan.predicted.solver} {plan.predicted.solve_status} in "
                             f"{plan.predicted.solve_s:.2f} s, {plan.predicted.num_variables} variables")):  # fmt: skip
@@ -180,7 +181,7 @@ def print_summary(plan: Plan, console: Any = None) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from autopar.cli.planning import capture_model
+    from autopar.planning.session import capture_model
 
     if args.visualize:
         from autopar.viz import SUFFIXES
@@ -191,20 +192,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "e.g. --visualize plan.html"
             )
     req = Request(args.model, args.cluster, args.strategy, args.mesh, args.batch_size, args.seq_len,
-                  parse_bytes(args.memory_budget) if args.memory_budget else None, args.profile)  # fmt: skip
+                  parse_bytes(args.memory_budget) if args.memory_budget else None, args.profile,
+                  args.precision)  # fmt: skip
     if args.json:
         _writable(args.json, "--json", "plan.json")
-    if args.visualize:
-        _writable(args.visualize, "--visualize", "plan.html")
-    prepare(req)  # bad options fail before the slow capture
+    _check_request(req)  # bad options fail before the slow capture
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=_console(stderr=True), transient=True) as bar:
         task = bar.add_task(
             f"building {args.model} on the meta device and capturing it", total=None
         )
-        captured = capture_model(req.model, req.batch_size, req.seq_len)
-        bar.update(task, description="solving the placement ILP")
-        plan, captured, _ = make(req, captured)
+        captured = capture_model(req.model, req.batch_size, req.seq_len, req.precision)
+        bar.update(task, description="searching meshes, stages and placements")
+        plan, captured = make(req, captured)
         if not args.no_baselines:
             bar.update(task, description="pricing the baselines (DDP, FSDP, TP + DP)")
             plan = _with_baselines(plan, baselines(captured, req, plan))
@@ -225,6 +225,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if written.note:  # one line: what could not be drawn here and how to get it
             print(written.note)
     return 0
+
+
+def _check_request(req: Request) -> None:
+    from autopar.cli.common import parse_mesh
+    from autopar.planning import constraints
+    from autopar.planning.session import cluster_of, load_profile
+    from autopar.precision import check
+
+    cluster = cluster_of(req.cluster)
+    mesh = parse_mesh(req.mesh, cluster.num_devices) if req.mesh else None
+    constraints(req.strategy, mesh, cluster.num_devices)
+    load_profile(req.profile)
+    if req.precision is not None:
+        check(req.precision)
 
 
 def _writable(path: str, flag: str, example: str) -> None:
@@ -257,7 +271,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "model", help="bundled example (gpt2, bert, llama-7b, llama-70b, ...) or file.py:fn"
     )
     p.add_argument("--cluster", help="e.g. 8xH100, 4x8xA100-80GB, cpu:2 (default: this machine)")
-    p.add_argument("--strategy", default="auto", metavar="|".join(PRESET_NAMES),
+    p.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"],
+                   help="how the program stores and computes (default: bf16-mixed on GPU "
+                   "clusters, fp32 on CPUs)")  # fmt: skip
+    p.add_argument("--strategy", default="auto", metavar="|".join(PRESETS),
                    help="a preset, or fixed degrees such as tp=8,pp=4,dp=2 (default auto)")  # fmt: skip
     p.add_argument("--mesh", help="named mesh for a preset, e.g. dp=2,tp=4 (default: dp over all)")
     p.add_argument("--batch-size", type=count("--batch-size"), help="samples per step")

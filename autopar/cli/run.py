@@ -3,8 +3,9 @@
 Contract: the mesh is ``--mesh`` when given (``--strategy pp`` needs a ``pp`` axis in
 it), else one ``pp`` axis over ``--nproc`` for ``--strategy pp`` and one ``dp`` axis
 otherwise; a mesh that does not match ``--nproc`` or the strategy, an unknown model or
-a bad count is bad usage (exit 2), all checked before any rank is spawned; a rank that
-fails is exit 3 (``launch``), a failed ``--check`` exit 1.
+a bad count is bad usage (exit 2), all checked before any rank is spawned (so is a
+``--resume DIR`` that is no checkpoint); a rank that fails is exit 3 (``launch``), a
+failed ``--check`` exit 1. ``--save DIR`` / ``--resume DIR``: see ``launch``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 from autopar.cli.common import EXIT_CODES, MAX_PROCS, check_model, count, parse_mesh, seconds
 from autopar.launch import RunConfig
 from autopar.mesh import MeshSpec
+from autopar.precision import PRECISIONS
 from autopar.timeouts import DEFAULT_TIMEOUT_S
 
 
@@ -44,7 +46,8 @@ def config(args: argparse.Namespace) -> RunConfig:
             f"choose axis sizes whose product is {args.nproc}, or --nproc {mesh.num_devices}"
         ) from None
     cfg = RunConfig(args.model, args.nproc, args.steps, args.strategy, dict(mesh.axes),
-                    args.check, args.timeout)  # fmt: skip
+                    args.check, args.timeout, save=args.save, resume=args.resume,
+                    precision=args.precision)  # fmt: skip
     cfg.validate()
     return cfg
 
@@ -67,6 +70,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "  autopar run gpt2-tiny --nproc 2 --strategy pp --check\n"
         "  autopar run gpt2-tiny --nproc 2 --mesh pp=2 --check\n"
         "  autopar run my_model.py:build --nproc 2\n"
+        "  autopar run gpt2-tiny --nproc 2 --strategy fsdp --precision bf16-mixed --check\n"
+        "  autopar run gpt2-tiny --nproc 2 --steps 3 --save ckpt\n"
+        "  autopar run gpt2-tiny --nproc 4 --steps 3 --resume ckpt --check\n"
+        "--resume: re-plans for --nproc (any number, not only the saving run's), reshards\n"
+        "the checkpoint to that plan and continues from its step\n"
         "--timeout: seconds one collective may wait for its peers (including while rank 0\n"
         "plans) before every rank is stopped; the run as a whole has no limit\n"
         f"{EXIT_CODES}",
@@ -79,6 +87,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--strategy", default="auto", choices=["auto", "dp", "tp", "fsdp", "zero", "pp"])
     p.add_argument("--mesh", help="named mesh, e.g. dp=2,tp=2")
     p.add_argument("--check", action="store_true", help="compare with a single process")
+    p.add_argument("--precision", choices=list(PRECISIONS),
+                   help="fp32, bf16-mixed (bf16 compute, fp32 master weights) or bf16 "
+                   "(default: bf16-mixed on GPUs, fp32 on CPU)")  # fmt: skip
+    p.add_argument("--save", metavar="DIR", help="write a checkpoint after the last step")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue from a checkpoint (saved on any number of processes)")  # fmt: skip
     p.add_argument("--timeout", type=seconds("--timeout"), default=DEFAULT_TIMEOUT_S,
                    help=f"collective timeout in seconds ({DEFAULT_TIMEOUT_S:g})")  # fmt: skip
     p.set_defaults(fn=cmd_run)

@@ -15,7 +15,9 @@ says, and nothing is decided later:
   by FSDP2, the gathered copy freed after forward for "fsdp"), or "explicit" (any other
   use: reshard statements at each use carry its gathers and gradient reductions);
 - repeated layers (``pipeline.partition.find_units``) become one submodule each, and
-  layers whose code is identical up to names share one class;
+  layers whose code is identical up to names share one class; a layer the plan recomputes
+  is called through ``rt.recompute`` (``codegen.recompute``), and the forward collectives
+  it issues again in backward are ``ProgramIR.recomputed``;
 - outputs are returned local with their layouts (``ProgramIR.output_layouts``); only the
   loss is planned replicated, other outputs are made whole by the caller on demand.
 """
@@ -34,6 +36,7 @@ import torch
 import torch.fx as fx
 
 from autopar.capture import Captured
+from autopar.codegen.recompute import Recomputed, layer_call
 from autopar.codegen.units import Item, assign, canonical, module_type, node_index, order
 from autopar.placement import Layout, Partial, R, Replicate, Shard, layout_str, local_shape
 from autopar.plan import NodePlan, Plan, PlanError
@@ -92,6 +95,10 @@ class ProgramIR:
     classes: dict[str, str] = field(default_factory=dict)  # class -> module type name
     notes: list[str] = field(default_factory=list)
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # explicit, per step
+    input_meta: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # global
+    output_meta: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # global
+    recomputed: dict[str, int] = field(default_factory=dict)  # issued again in backward
+    recompute: dict[str, str] = field(default_factory=dict)  # layer path -> mode
 
 
 def _target_text(target: Any) -> str:
@@ -442,6 +449,7 @@ def _unify_fsdp(modes: dict[str, ParamIR]) -> list[str]:
 
 def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
     lw = _Lowering(captured, plan)
+    rec = Recomputed(plan)
     gm = lw.gm
     nodes = list(gm.graph.nodes)
     where, prefix = assign(captured) if layers else ({}, "")
@@ -491,8 +499,9 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
             else:
                 names[a.name] = a.name
                 layer_reads[path].add(a.name)
-        before = set(lw.taken)
+        before, sent = set(lw.taken), Counter(lw.collectives["forward"])
         lw.op_lines(n, names, modes, layer_lines[path])
+        rec.add(path, sent, lw.collectives["forward"])
         layer_defs[path] |= (lw.taken - before) | {n.name}
     # ---- layer interfaces --------------------------------------------------------------
     out_node = next(n for n in nodes if n.op == "output")
@@ -508,7 +517,7 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
         outs = sorted((v for v in layer_defs[p] if v in read_outside), key=lambda v: index[v])
         units.append(UnitIR(p, "", ins, outs, layer_lines[p]))
         first = min(index[n] for n, q in where.items() if q == p)
-        call = _layer_call(p, prefix, ins, outs)
+        call = _layer_call(p, prefix, ins, outs, rec.mode(p))
         root_items.append(Item(p, first, p, set(outs), set(ins), [call]))
     available = [n.name for n in nodes if n.op == "placeholder"]
     ordered = order(root_items, available)
@@ -516,29 +525,33 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
         raise _Cycle
     root_lines = [line for it in ordered for line in it.lines]
     out_names, out_layouts = lw.outputs(leaves, root_lines)
-    root_lines, out_names = _stage_boundary(captured, nodes, leaves, lw.needs_grad, root_lines,
-                                            out_names)
+    if captured.whole_outputs:
+        out_names = _stage_boundary(leaves, out_names)
     classes = _classes(captured, units, modes)
     buffers = [(b, tuple(_get(gm, b).shape), _get(gm, b).dtype) for b in captured.buffer_names
                if b in attrs.values()]  # fmt: skip
     return ProgramIR(lw.names, lw.sizes, [n.name for n in nodes if n.op == "placeholder"],
                      out_names, out_layouts, list(modes.values()), buffers, root_lines, units,
                      prefix, classes, notes,
-                     {ph: dict(c) for ph, c in lw.collectives.items()})  # fmt: skip
+                     {ph: dict(c) for ph, c in lw.collectives.items()},
+                     [_meta(n) for n in nodes if n.op == "placeholder"],
+                     [_meta(a) for a in leaves], rec.counts(),
+                     {p: rec.mode(p) for p in paths if rec.mode(p) != "none"})  # fmt: skip
 
 
-def _stage_boundary(
-    captured: Captured, nodes: list[fx.Node], leaves: list[fx.Node],
-    needs_grad: dict[str, bool], lines: list[str], outs: list[str],
-) -> tuple[list[str], list[str]]:
-    """A pipeline stage sends its outputs forward and its inputs' gradients back, and a
-    send needs a contiguous tensor: both pass through ``rt.boundary``."""
-    head = [f"{n.name} = rt.boundary({n.name})" for n in nodes
-            if n.op == "placeholder" and captured.input_grads and needs_grad.get(n.name, False)]
-    if captured.whole_outputs:
-        outs = [f"rt.boundary({o})" if isinstance(a.meta.get("val"), torch.Tensor) else o
-                for o, a in zip(outs, leaves)]
-    return head + lines, outs
+def _stage_boundary(leaves: list[fx.Node], outs: list[str]) -> list[str]:
+    """A pipeline stage sends its outputs to the next stage, and a send needs a contiguous
+    tensor (a stage may end in a transpose or an expand). The gradients sent back are the
+    inputs' ``.grad``, which autograd already lays out like the (contiguous) inputs."""
+    return [f"{o}.contiguous()" if isinstance(a.meta.get("val"), torch.Tensor) else o
+            for o, a in zip(outs, leaves)]  # fmt: skip
+
+
+def _meta(n: fx.Node) -> tuple[tuple[int, ...], str]:
+    val = n.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return ((), "float32")
+    return tuple(int(d) for d in val.shape), str(val.dtype).removeprefix("torch.")
 
 
 def _flat(args: Any) -> list[fx.Node]:
@@ -547,14 +560,14 @@ def _flat(args: Any) -> list[fx.Node]:
     return found
 
 
-def _layer_call(path: str, prefix: str, ins: list[str], outs: list[str]) -> str:
+def _layer_call(path: str, prefix: str, ins: list[str], outs: list[str], mode: str) -> str:
     rest = path[len(prefix) + 1 :] if prefix and path.startswith(prefix + ".") else ""
     if rest.isdigit():
         module = f"{attr_expr(prefix)}[{rest!r}]"
     else:
         module = attr_expr(path)
     target = ", ".join(outs)
-    return f"{target} = {module}({', '.join(ins)})"
+    return f"{target} = {layer_call(module, ins, mode)}"
 
 
 def _classes(captured: Captured, units: list[UnitIR], modes: dict[str, ParamIR]) -> dict[str, str]:

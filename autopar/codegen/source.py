@@ -3,7 +3,8 @@
 Contract: ``write_source(ir, title, output_names, loss_index, precision) -> str`` returns
 one module that imports only torch and ``autopar.runtime``:
 - ``MESH``, ``INPUTS``, ``OUTPUTS`` (name, layout), ``LOSS`` (index of the loss output or
-  None), ``PRECISION``, ``PARAMS`` (FQN -> ``rt.Param``: global shape, dtype, stored
+  None), ``PRECISION``, ``COLLECTIVES`` and ``RECOMPUTED`` (per step), ``RECOMPUTE``
+  (recomputed layer -> mode), ``PARAMS`` (FQN -> ``rt.Param``: global shape, dtype, stored
   layout, mode, FSDP axis and dim, gradient reduction axes) and ``BUFFERS``;
 - one ``torch.nn.Module`` class per distinct layer (its parameters under their original
   relative names, its forward on local tensors with every collective written out);
@@ -168,6 +169,12 @@ def write_source(
         "# collectives the statements below issue per step (FSDP2 and gradient buckets: see",
         "# parallelize)",
         f"COLLECTIVES = {ir.collectives!r}",
+        "# layers recomputed in backward, and the forward collectives they issue again there",
+        f"RECOMPUTE = {ir.recompute!r}",
+        f"RECOMPUTED = {ir.recomputed!r}",
+        "# global (shape, dtype) of each input and output (what a pipeline stage receives/sends)",
+        f"INPUT_META = {tuple(ir.input_meta)!r}",
+        f"OUTPUT_META = {tuple(ir.output_meta)!r}",
     ]
     head += [f"# {note}" for note in ir.notes]
     head += _params_table(ir)

@@ -114,10 +114,11 @@ class LayerPricer:
     """Per-kind layer prices, planned once per (kind, dp, tp, microbatch, budget)."""
 
     def __init__(self, captured: Captured, cluster: ClusterSpec, optimizer: str = "adamw",
-                 time_limit: float = 3.0) -> None:  # fmt: skip
+                 time_limit: float = 3.0, precision: str = "fp32") -> None:  # fmt: skip
         self.captured = captured
         self.cluster = cluster
         self.optimizer = optimizer
+        self.precision = precision
         self.time_limit = time_limit
         self.units = split_head(find_units(captured.graph_module, captured.param_names),
                                 captured)  # fmt: skip
@@ -220,7 +221,7 @@ class LayerPricer:
             warnings.simplefilter("ignore")
             plan = make_plan(graph, mesh, "auto", cm, self.time_limit,
                              memory_budget=budget if budget is not None else NO_BUDGET,
-                             optimizer=self.optimizer)  # fmt: skip
+                             optimizer=self.optimizer, precision=self.precision)  # fmt: skip
         self.plans_solved += 1
         return layer_cost(plan, cm)
 

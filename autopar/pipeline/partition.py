@@ -34,6 +34,10 @@ from autopar.solve.graph import module_path
 _LAYER = re.compile(r"^(?P<prefix>.*?)\.(?P<idx>\d+)(?:\.|$)")
 
 
+class NoLayersError(ValueError):
+    """The graph has no repeated layers to cut pipeline stages at."""
+
+
 class InfeasibleError(ValueError):
     """No partition satisfies the constraints."""
 
@@ -64,7 +68,7 @@ def find_units(gm: fx.GraphModule, param_names: Sequence[str]) -> Units:
         if b:
             indices.setdefault(b[0], set()).add(b[1])
     if not indices:
-        raise ValueError(
+        raise NoLayersError(
             "found no repeated layers (module paths like `layers.0`, `h.1`) in the captured "
             "graph; pipeline stages are cut at such layers. Build the model from an "
             "nn.ModuleList of blocks, or use a non-pipeline strategy"
@@ -150,10 +154,16 @@ def partition(
         for j in range(i + 1, n + 1):
             price[i][j] = cost(i, j) + send[j]
 
+    fit_memo: dict[tuple[int, int, int], bool] = {}  # the DP asks the same ranges often
+
     def fits(i: int, j: int, s: int) -> bool:
         if memory is None or memory_limit is None:
             return True
-        return memory(i, j, s) <= memory_limit
+        key = (i, j, s)
+        ok = fit_memo.get(key)
+        if ok is None:
+            ok = fit_memo[key] = memory(i, j, s) <= memory_limit
+        return ok
 
     lower_sum = min(sum(price[i][i + 1] for i in range(n)), price[0][n])
     candidates = sorted({price[i][j] for i in range(n) for j in range(i + 1, n + 1)})
@@ -195,29 +205,38 @@ def partition(
 
 
 def _min_sum(n, stages, price, t_max, fits):  # type: ignore[no-untyped-def]
-    """Exact DP: the least total over splits whose every stage costs at most ``t_max``."""
+    """Exact DP: the least total over splits whose every stage costs at most ``t_max``.
+    Ties keep the longest last stage (the first ``i`` found scanning down)."""
     inf = float("inf")
-    f = [[inf] * (n + 1) for _ in range(stages + 1)]
-    arg = [[-1] * (n + 1) for _ in range(stages + 1)]
-    f[0][0] = 0.0
+    prev = [inf] * (n + 1)
+    prev[0] = 0.0
+    args: list[list[int]] = []
     for s in range(1, stages + 1):
+        cur = [inf] * (n + 1)
+        arg = [-1] * (n + 1)
         for j in range(s, n - (stages - s) + 1):
+            best, at = inf, -1
             for i in range(j - 1, s - 2, -1):  # a longer range only costs more
-                if price[i][j] > t_max:
+                p = price[i][j]
+                if p > t_max:
                     break
-                if f[s - 1][i] == inf or not fits(i, j, s - 1):
+                fi = prev[i]
+                if fi == inf:
                     continue
-                v = f[s - 1][i] + price[i][j]
-                if v < f[s][j]:
-                    f[s][j], arg[s][j] = v, i
-    if f[stages][n] == inf:
+                v = fi + p
+                if v < best and fits(i, j, s - 1):
+                    best, at = v, i
+            cur[j], arg[j] = best, at
+        args.append(arg)
+        prev = cur
+    if prev[n] == inf:
         return None
     bounds, j = [], n
     for s in range(stages, 0, -1):
-        i = arg[s][j]
+        i = args[s - 1][j]
         bounds.append((i, j))
         j = i
-    return f[stages][n], bounds[::-1]
+    return prev[n], bounds[::-1]
 
 
 def _greedy_stages(n: int, price: list[list[float]], t_max: float) -> int:

@@ -50,7 +50,7 @@ from autopar.pipeline.partition import (
     module_path,
     partition,
 )
-from autopar.pipeline.rebatch import batch_of
+from autopar.pipeline.rebatch import RebatchError, batch_of
 from autopar.pipeline.schedule import make_schedule, simulate
 from autopar.pipeline.search import search_3d
 from autopar.plan import Plan
@@ -139,18 +139,31 @@ def search(
     schedules: tuple[str, ...] = ("1f1b", "gpipe", "interleaved_1f1b"),
     pricer: LayerPricer | None = None,
     one_per_replica: bool = False,
+    precision: str = "fp32",
+    microbatches: int | None = None,
 ) -> Ranked:
     batch = batch_of(captured)
-    pricer = pricer or LayerPricer(captured, cluster, optimizer)
+    pricer = pricer or LayerPricer(captured, cluster, optimizer, precision=precision)
     full = CostModel(cluster, MeshSpec.of(cluster.num_devices))
     budget = float(memory_budget) if memory_budget is not None else full.memory_budget_bytes()
     found: list[PipelineCandidate] = []
+    tried = 0
     for pp, dp, tp, m0 in _coarse(captured, cluster, batch, strategy, fixed, coarse_k):
         ms = {m0, batch // dp} if one_per_replica and batch % dp == 0 else {m0}
+        if microbatches is not None and pp > 1:  # the caller fixed it
+            ms = {microbatches}
         for m in sorted(ms):
             if batch % m or (batch // m) % dp or (strategy == "pp" and pp == 1):
                 continue
+            tried += 1
             found += price_mesh(pricer, cluster, pp, dp, tp, m, budget, schedules)
+    if not found and tried:
+        raise InfeasibleError(
+            f"no pp x dp x tp plan of {cluster} fits the memory budget of "
+            f"{budget:,.0f} bytes per device: even with its parameters sharded a layer "
+            "needs more; use a larger memory budget, more devices, or a smaller batch or "
+            "sequence"
+        )
     if not found:
         raise InfeasibleError(
             f"no pp x dp x tp plan of {cluster} for this model at batch {batch} can be cut "
@@ -183,7 +196,7 @@ def price_mesh(pricer: LayerPricer, cluster: ClusterSpec, pp: int, dp: int, tp: 
         return cm.collective_time("send_recv", bnd[j - 1], "pp") if pp > 1 else 0.0
 
     kinds = []
-    for sched in schedules:
+    for sched in schedules if pp > 1 else ("1f1b",):  # one stage has no schedule to choose
         v = 2 if sched == "interleaved_1f1b" else 1
         if sched != "1f1b" and pp == 1:
             continue
@@ -204,6 +217,8 @@ def price_mesh(pricer: LayerPricer, cluster: ClusterSpec, pp: int, dp: int, tp: 
             by_kind = [pricer.price(k, dp, tp, mb, layer_budget) for k in range(pricer.kinds)]
         except PlanInfeasibleError:
             break
+        except RebatchError:  # a layer's graph does not re-trace at this microbatch size
+            return out
         costs = tuple(by_kind[pricer.kind_of[u]] for u in range(n))
         got = [_evaluate(costs, bnd, send, cm.overlap, pp, dp, tp, m, s, v, budget, level,
                          uniform) for s, v in kinds]  # fmt: skip

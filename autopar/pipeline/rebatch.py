@@ -117,10 +117,11 @@ def rebatch(captured: Captured, batch: int) -> Captured:
                 if node.target is operator.getitem:
                     out = run_args[0][0][run_args[0][1]]
                 else:
-                    kw = dict(run_args[1])
-                    if "device" in kw:
-                        kw["device"] = torch.device("meta")
-                    out = node.target(*run_args[0], **kw)  # type: ignore[operator]
+                    meta = torch.device("meta")  # every value here lives on meta
+                    kw = {k: meta if isinstance(v, torch.device) else v
+                          for k, v in run_args[1].items()}  # fmt: skip
+                    pos = [meta if isinstance(v, torch.device) else v for v in run_args[0]]
+                    out = node.target(*pos, **kw)  # type: ignore[operator]
             except Exception as err:
                 raise RebatchError(
                     f"cannot recompute {node.name} ({node.target}) at batch {batch}: {err}"

@@ -24,13 +24,12 @@ Contract:
 - ``model`` is a ``CompiledModel``, a ``PipelineModel`` (this rank's stages, ``_models``)
   or a plain ``nn.Module`` (one process: full tensors, read and written without
   collectives, e.g. a single-process reference).
-- ``read_metadata(path)`` returns the JSON (``CheckpointError`` if it is not a checkpoint).
+- ``read_metadata(path)`` returns the JSON (``autopar.runtime.checkpoint_meta``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import warnings
@@ -45,11 +44,19 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from torch.distributed.tensor.placement_types import Placement, _StridedShard
 
-FORMAT, VERSION, META_FILE = "autopar-checkpoint", 1, "autopar.json"
+from autopar.runtime.checkpoint_meta import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    describe_plan,
+    jsonable,
+    match_keys,
+    read_metadata,
+    restore_groups,
+    write_metadata,
+)
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model or optimizer it is loaded into."""
+__all__ = ["CheckpointError", "global_view", "load_checkpoint", "read_metadata", "save_checkpoint"]
 
 
 @dataclass
@@ -93,7 +100,8 @@ def _entries(model: torch.nn.Module) -> tuple[list[_Entry], list[_Entry], dict[s
             keys.setdefault(id(t), []).append(k)
         for fqn, p in model.named_parameters():
             first[fqn] = _Entry(fqn, keys.get(id(p), [fqn]), p)
-        buffers = {k: b for k, b in model.named_buffers() if k in model.state_dict()}
+        persistent = model.state_dict()
+        buffers = {k: b for k, b in model.named_buffers() if k in persistent}
         return list(first.values()), copies, buffers
     for prog in programs:
         for fqn, p in prog.program.named_parameters():
@@ -156,14 +164,6 @@ def _like_param(v: Any, p: torch.Tensor) -> bool:
     )  # fmt: skip
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, torch.Tensor) and v.numel() == 1 and not isinstance(v, DTensor):
-        return v.item()
-    return v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
-
-
 def _optimizer_items(
     optimizer: torch.optim.Optimizer, entries: list[_Entry], skip: list[_Entry]
 ) -> Iterator[tuple[_Entry, int, dict[str, Any]]]:
@@ -209,21 +209,16 @@ def save_checkpoint(
             meta["buffers"][fqn] = {"shape": list(b.shape)}
         if optimizer is not None:
             meta["optimizer"] = _save_optimizer(optimizer, params, copies, state)
-    meta.update(_plan_info(model, distributed))
+    describe_plan(model, _programs(model), meta)
     clash = sorted(k for k in state if k.startswith("optim.") and k in meta["params"])
     if clash:
         raise CheckpointError(f"model keys {clash} collide with the optimizer's 'optim.' keys")
     if rank == 0:
-        os.makedirs(path, exist_ok=True)
-        if os.path.exists(os.path.join(path, META_FILE)):  # a half-written save is no checkpoint
-            os.remove(os.path.join(path, META_FILE))
+        write_metadata(path, None)  # a half-written save is no checkpoint
     with _quiet():
         dcp.save(state, checkpoint_id=path, no_dist=not distributed)
     if rank == 0:
-        tmp = os.path.join(path, META_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, os.path.join(path, META_FILE))
+        write_metadata(path, meta)
     if distributed:
         dist.barrier()  # every rank returns once the checkpoint is complete
 
@@ -234,7 +229,7 @@ def _save_optimizer(
 ) -> dict[str, Any]:  # fmt: skip
     kinds: dict[str, dict[str, Any]] = {}
     groups: list[dict[str, Any]] = [
-        {k: _jsonable(v) for k, v in g.items() if k != "params"} | {"params": []}
+        {k: jsonable(v) for k, v in g.items() if k != "params"} | {"params": []}
         for g in optimizer.param_groups
     ]
     for e, gi, st in _optimizer_items(optimizer, params, copies):
@@ -257,81 +252,6 @@ def _save_optimizer(
     return {"type": type(optimizer).__name__, "param_groups": groups, "state": kinds}
 
 
-def _plan_info(model: torch.nn.Module, distributed: bool) -> dict[str, Any]:
-    if not distributed:
-        return {"mesh": None, "strategy": None, "plan": "one process (no plan)"}
-    programs = _programs(model) or []
-    if not hasattr(model, "_models"):
-        plan = programs[0].plan
-        return {"mesh": plan.mesh.to_json(), "strategy": plan.strategy, "plan": plan.summary()}
-    mine = {int(p.plan.pipeline["stage"]): p.plan.summary() for p in programs}
-    every: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(every, mine)  # a few lines of text per stage, no tensors
-    stages = {k: v for part in every for k, v in part.items()}
-    first = programs[0].plan
-    return {"mesh": first.pipeline.get("mesh"), "strategy": "pp",
-            "pipeline": json.loads(json.dumps(getattr(model, "pipeline", {}), default=str)),
-            "plan": "\n".join(f"stage {k}:\n{stages[k]}" for k in sorted(stages))}  # fmt: skip
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint's JSON (see the module docstring)."""
-    path = os.fspath(path)
-    file = os.path.join(path, META_FILE)
-    if not os.path.isfile(file):
-        raise CheckpointError(
-            f"{path!r} is not an autopar checkpoint: it has no {META_FILE} (save_checkpoint "
-            "writes it last, after every rank has written its pieces, so a save that did not "
-            "finish has none); pass a directory that save_checkpoint (or autopar run --save) "
-            "wrote"
-        )
-    try:
-        with open(file) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{file} cannot be read as JSON ({err}); the checkpoint is "
-                              "damaged: save it again") from None  # fmt: skip
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not an autopar checkpoint description (no "
-                              f"'format': {FORMAT!r}); pass a directory save_checkpoint wrote")  # fmt: skip
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{file} has format version {meta.get('version')!r}; this "
-                              f"autopar reads version {VERSION}: load it with the autopar "
-                              "that saved it")  # fmt: skip
-    return meta
-
-
-def _sources(meta: dict[str, Any], entries: list[_Entry], path: str) -> dict[str, str]:
-    """Each entry's key in the checkpoint (tied weights found under any of their keys)."""
-    saved = meta["params"]
-    by_name: dict[str, str] = {}
-    for key, m in saved.items():
-        for n in (key, *m["keys"]):
-            by_name.setdefault(n, key)
-    out: dict[str, str] = {}
-    missing, wrong = [], []
-    for e in entries:
-        k = next((by_name[n] for n in (e.key, *e.names) if n in by_name), None)
-        shape = list(e.spec.shape if e.spec is not None else e.param.shape)
-        if k is None:
-            missing.append(e.key)
-        elif saved[k]["shape"] != shape:
-            wrong.append(f"{e.key} {tuple(shape)} (saved {tuple(saved[k]['shape'])})")
-        else:
-            out[e.key] = k
-    if missing or wrong:
-        said = [f"{len(missing)} parameters of the model are not in it ({', '.join(missing[:4])}"
-                f"{', ...' if len(missing) > 4 else ''})" if missing else "",
-                f"{len(wrong)} have other shapes ({', '.join(wrong[:3])})" if wrong else ""]  # fmt: skip
-        raise CheckpointError(
-            f"the checkpoint {path!r} holds {len(saved)} parameters of another model: "
-            f"{' and '.join(x for x in said if x)}. A checkpoint loads into the model it was "
-            "saved from (same architecture and sizes) under any plan, mesh or world size; "
-            "build that model, or save a new checkpoint from this one"
-        )
-    return out
-
-
 def load_checkpoint(
     path: str | os.PathLike[str],
     model: torch.nn.Module,
@@ -341,7 +261,9 @@ def load_checkpoint(
     meta = read_metadata(path)
     params, copies, buffers = _entries(model)
     distributed = _programs(model) is not None
-    source = _sources(meta, params + copies, path)
+    shapes = [(e.key, e.names, list(e.spec.shape if e.spec is not None else e.param.shape))
+              for e in params + copies]  # fmt: skip
+    source = match_keys(meta, shapes, path)
     saved_opt = meta.get("optimizer")
     if optimizer is not None and (
         saved_opt is None or saved_opt["type"] != type(optimizer).__name__
@@ -374,7 +296,7 @@ def load_checkpoint(
     if optimizer is not None and saved_opt is not None:
         for p, _, new in restored:
             optimizer.state[p] = new
-        _restore_groups(optimizer, restored, saved_opt, source, params + copies)
+        restore_groups(optimizer, saved_opt, {id(e.param): source[e.key] for e in params + copies})
     return int(meta.get("step", 0))
 
 
@@ -413,27 +335,3 @@ def _optimizer_targets(
         else:
             new[name] = kind["value"]
     return new
-
-
-def _restore_groups(
-    optimizer: torch.optim.Optimizer, restored: list[Any], saved: dict[str, Any],
-    source: dict[str, str], entries: list[_Entry],
-) -> None:  # fmt: skip
-    """Hyperparameters (lr, betas, ...) of each group from the saved group holding its
-    first parameter."""
-    key_of = {id(e.param): source[e.key] for e in entries}
-    for group in optimizer.param_groups:
-        first = next((key_of[id(p)] for p in group["params"] if id(p) in key_of), None)
-        old = next((g for g in saved["param_groups"] if first in g["params"]), None)
-        if old is None:
-            continue
-        for k, v in old.items():
-            now = group.get(k)
-            if k == "params" or k not in group or isinstance(now, torch.Tensor):
-                continue
-            if isinstance(now, (tuple, list)) and isinstance(v, list):
-                group[k] = type(now)(v)
-            elif isinstance(now, bool) or isinstance(v, bool):
-                group[k] = v if isinstance(now, bool) and isinstance(v, bool) else now
-            elif isinstance(now, (int, float)) and isinstance(v, (int, float)):
-                group[k] = v

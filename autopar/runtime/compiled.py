@@ -71,6 +71,7 @@ class CompiledModel(torch.nn.Module):
         self.code = source
         self.plan: Any = None
         self._explicit = getattr(module, "COLLECTIVES", {})
+        self.module = module
 
     # ---- calling -------------------------------------------------------------------------
     def _flat(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -118,17 +119,42 @@ class CompiledModel(torch.nn.Module):
         loss.backward()
         return loss.detach()
 
+    def module_meta(self, name: str, whole: bool) -> list[tuple[tuple[int, ...], str]]:
+        """The program's ``INPUT_META``/``OUTPUT_META`` (global shapes); with ``whole`` False
+        each output's local shape on this rank (its layout in ``OUTPUTS``)."""
+        from autopar.placement import local_shape
+
+        meta = list(getattr(self.module, name))
+        if whole:
+            return meta
+        sizes = tuple(self.ctx.axes.size[n] for n in self.ctx.axes.names)
+        return [(local_shape(tuple(shape), parse_layout(lay), sizes), dtype)
+                for (shape, dtype), (_, lay) in zip(meta, self.outputs)]  # fmt: skip
+
+    def whole(self, fqn: str, t: torch.Tensor) -> torch.Tensor:
+        """A parameter-shaped local tensor (the parameter, its gradient) made whole."""
+        from autopar.runtime.collectives import general_reshard
+
+        t = t.full_tensor() if isinstance(t, DTensor) else t
+        held = self.params_spec[fqn].held(self.ctx.axes.names)
+        if is_replicated(held):
+            return t
+        text = "".join(str(x) for x in held)
+        return general_reshard(t.detach(), self.ctx.axes, text, "R" * len(held), "R" * len(held))
+
     def expected_collectives(self, phase: str | None = None) -> dict[str, int]:
         """The collectives one training step issues, from the program's structure: its
         explicit statements, one gather per FSDP2 module in forward (and again in backward
         where it reshards after forward), one reduce-scatter per FSDP2 module and one
-        all-reduce per gradient bucket in backward."""
+        all-reduce per gradient bucket in backward; the recomputed layers' forward
+        collectives once more in backward (``RECOMPUTED``)."""
         from collections import Counter
 
         from torch.distributed.fsdp import FSDPModule
 
         out: dict[str, Counter[str]] = {ph: Counter(self._explicit.get(ph, {}))
                                         for ph in ("forward", "backward")}  # fmt: skip
+        out["backward"].update(getattr(self.module, "RECOMPUTED", {}))
         for m in self.program.modules():
             if not isinstance(m, FSDPModule):
                 continue
@@ -165,17 +191,9 @@ class CompiledModel(torch.nn.Module):
     # ---- state ----------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Full tensors under the original keys (a collective: call on every rank)."""
-        from autopar.runtime.collectives import general_reshard
-
-        axes = self.ctx.axes
         out: dict[str, torch.Tensor] = {}
         for fqn, p in self.program.named_parameters():
-            spec = self.params_spec[fqn]
-            t = p.full_tensor() if isinstance(p, DTensor) else p
-            held = spec.held(axes.names)
-            if not is_replicated(held):
-                text = "".join(str(x) for x in held)
-                t = general_reshard(t.detach(), axes, text, "R" * len(held), "R" * len(held))
+            t = self.whole(fqn, p)
             for key in self._aliases.get(fqn, [fqn]):
                 out[key] = t.detach()
         for fqn, b in self.program.named_buffers():

@@ -5,7 +5,8 @@ parameters whose plan entry names reduction axes (``Param.reduce``: their gradie
 partial sums over those axes). Parameters are bucketed in the order backward produces
 their gradients (the reverse of their order in ``params``, which is the forward's), one
 bucket list per (axes, dtype), the first bucket ``first_bucket_bytes`` and the others up
-to ``bucket_bytes`` (DDP's defaults: 1 MiB and 25 MiB). When the last gradient of a bucket
+to ``bucket_bytes`` (DDP's defaults: 1 MiB and 25 MiB; ``autopar.buckets.buckets``, the
+rule the planner prices with). When the last gradient of a bucket
 is accumulated (a post-accumulate-grad hook), the bucket is flattened and its all-reduce
 (SUM, in ``ctx.reduce_dtype``) is launched asynchronously; a callback queued on the
 autograd engine waits for every bucket at the end of backward and copies the sums back
@@ -28,10 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from autopar.buckets import BUCKET_BYTES, FIRST_BUCKET_BYTES, buckets
 from autopar.runtime.program import Context, Param
-
-BUCKET_BYTES = 25 * 2**20
-FIRST_BUCKET_BYTES = 2**20
 
 
 @dataclass(eq=False)
@@ -60,19 +59,13 @@ class GradReducer:
         self._armed = False
         self._reduced: dict[int, Any] = {}
         self.launched: list[str] = []  # bucket launches of the last backward, in order
-        open_: dict[tuple[Any, ...], Bucket] = {}
-        sizes: dict[int, int] = {}
-        for _, p, axes in reversed(named):
-            key = (axes, p.dtype)
-            b = open_.get(key)
-            cap = first_bucket_bytes if b is not None and b is self.buckets[0] else bucket_bytes
-            if b is None or sizes[id(b)] and sizes[id(b)] + p.numel() * p.element_size() > cap:
-                b = Bucket([], _group(ctx, axes), p.dtype)
-                self.buckets.append(b)
-                open_[key] = b
-                sizes[id(b)] = 0
-            b.params.append(p)
-            sizes[id(b)] += p.numel() * p.element_size()
+        order = list(reversed(named))  # backward produces the last layers' gradients first
+        ids = buckets([((axes, p.dtype), p.numel() * p.element_size()) for _, p, axes in order],
+                      bucket_bytes, first_bucket_bytes)  # fmt: skip
+        for (_, p, axes), b in zip(order, ids):
+            if b == len(self.buckets):
+                self.buckets.append(Bucket([], _group(ctx, axes), p.dtype))
+            self.buckets[b].params.append(p)
         self._bucket_of: dict[int, Bucket] = {}
         for b in self.buckets:
             for p in b.params:

@@ -10,9 +10,6 @@ Contract:
   one, ``ignore_index`` included. The local loss sum and the count of counted targets are
   summed over the axes in ONE all-reduce per axis; the gradient passes back unchanged
   (every rank holds the same loss).
-- ``boundary(x)``: ``x`` at a pipeline stage's edge, where it is sent to another stage:
-  the value is made contiguous going forward and its gradient going back (a send needs a
-  contiguous tensor; a transpose or an expand does not make one).
 """
 
 from __future__ import annotations
@@ -68,18 +65,3 @@ def sharded_cross_entropy(
     if reduction == 2:
         return total  # type: ignore[no-any-return]
     return total / count  # type: ignore[no-any-return]
-
-
-class _Boundary(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return x.contiguous() if not x.is_contiguous() else x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return grad.contiguous()
-
-
-def boundary(x: torch.Tensor) -> torch.Tensor:
-    """``x`` made contiguous, forward and backward (see the module docstring)."""
-    return _Boundary.apply(x)  # type: ignore[no-any-return]

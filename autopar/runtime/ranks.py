@@ -236,12 +236,13 @@ class _Watch:
 
 def _explain(w: _Watch, what: str, timeout_s: float, hint: str) -> RanksFailed:
     nproc = len(w.procs)
+    head = f"{what}: " if what else ""
     first = [f for f in w.failures if not f.secondary] or w.failures
     root = min(first, key=lambda f: f.at)
     stuck = [r for r in range(nproc) if r not in w.results and all(f.rank != r for f in w.failures)]
     others = sorted({f.rank for f in w.failures} - {root.rank})
     if root.error is not None and root.timed_out:
-        text = (f"{what}: rank {root.rank} of {nproc} waited longer than the collective timeout "
+        text = (f"{head}rank {root.rank} of {nproc} waited longer than the collective timeout "
                 f"({timeout_s:g} s) for its peers ({_first_line(root.error)})")  # fmt: skip
         if stuck:
             text += (f". Ranks {stuck} were still running then and never joined that collective: "
@@ -249,7 +250,7 @@ def _explain(w: _Watch, what: str, timeout_s: float, hint: str) -> RanksFailed:
                      "issue) or slower than the timeout allows")  # fmt: skip
         text += "; raise --timeout (autopar.compile(timeout=)) if the work is just slow"
     elif root.error is not None:
-        text = f"{what}: rank {root.rank} of {nproc} failed ({_exit_text(root.exit_code)}): "
+        text = f"{head}rank {root.rank} of {nproc} failed ({_exit_text(root.exit_code)}): "
         error = _clean(root.error)
         text += error if len(error) < 3000 else error[:3000] + " ..."
         if root.where:
@@ -259,7 +260,7 @@ def _explain(w: _Watch, what: str, timeout_s: float, hint: str) -> RanksFailed:
         else:
             text += "\n  (set AUTOPAR_TRACEBACK=1 to print that rank's whole traceback)"
     else:
-        text = (f"{what}: rank {root.rank} of {nproc} died ({_exit_text(root.exit_code)}) "
+        text = (f"{head}rank {root.rank} of {nproc} died ({_exit_text(root.exit_code)}) "
                 "without reporting an error: a crash in native code, os._exit, the "
                 "out-of-memory killer or a signal")  # fmt: skip
     if others:
@@ -315,7 +316,7 @@ def spawn_ranks(
                     raise _explain(w, what, timeout_s, hint)
             if deadline_s is not None and time.monotonic() - start > deadline_s:
                 missing = sorted(set(range(nproc)) - set(w.results))
-                raise RanksFailed(f"{what} did not finish within {deadline_s:g} s; ranks "
+                raise RanksFailed(f"{what or 'the ranks'} did not finish within {deadline_s:g} s; ranks "
                                   f"{missing} were still running{hint}", None, None, None)  # fmt: skip
             alive = {p.sentinel: r for r, p in enumerate(procs) if p.exitcode is None}
             ready = wait([*w.conns, *alive], timeout=0.2)

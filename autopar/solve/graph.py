@@ -170,9 +170,9 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
                 unknown.append(registry.unknown_name(node.target, op))
             strategies = node_strategies(op, sizes, rule)
             inputs = [source(s) for s in slots]
-            grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and all(
+            grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and any(
                 m is not None and m.is_float for m in metas
-            )
+            )  # (topk, sort: float values carry a gradient beside their integer indices)
             path = module_path(node)
             nodes[node.name] = PNode(
                 node.name, "op", op_name(node.target), family, tuple(metas), inputs,  # type: ignore[arg-type]

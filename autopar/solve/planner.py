@@ -10,9 +10,18 @@ collectives (gradient reductions, parameter gathers) may hide under compute up t
 cost model's ``overlap`` fraction, still paying its ``interference`` share; the rest of
 the communication is exposed.
 
+Recomputation (``solve.recompute``): ``recompute=None`` plans without it when that fits;
+otherwise it tries selective recomputation of every layer and full recomputation of the
+first k layers (k ascending, stopping at the first that fits), one ILP each, and keeps the
+fastest plan that fits (``Plan.recompute``). ``recompute="selective"|"full"|"none"`` or a
+{layer path: mode} mapping fixes the assignment. Under an assignment the ``Pricing`` keeps
+each formula: memory reads the saved values ``recompute.saved_under`` derives, compute adds
+the forward of each op run again (``recompute.reruns``) and the forward collectives of a
+recomputed layer are paid twice (``Pricing.repeated`` / ``kernel_of``).
+
 When no plan fits the budget, ``PlanInfeasibleError`` (a ValueError) reports the
-smallest peak memory per device any plan reaches, its breakdown, the budget and what to
-change.
+smallest peak memory per device any plan reaches (with every layer recomputed, where the
+model has layers), its breakdown, the budget and what to change.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import dataclasses
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,10 +50,13 @@ from autopar.mesh import MeshSpec
 from autopar.placement import R
 from autopar.plan import CollectivePlan, NodePlan, Plan, Predicted, ReshardPlan
 from autopar.solve.graph import PlanGraph, PNode, build_graph
+from autopar.solve.grouping import FOLLOWER_FAMILIES, follower_ties, group_latencies
 from autopar.solve.ilp import Constraint, EdgeTerm, InfeasibleError, Problem, solve
+from autopar.solve.infeasible import PlanInfeasibleError, infeasible
 from autopar.solve.layers import canonical_map
 from autopar.solve.memory import held_gather_bytes, local_bytes, node_memory
 from autopar.solve.presets import restrict
+from autopar.solve.recompute import Layers, as_field, candidates, reruns, saved_under, split_canon
 from autopar.solve.saved import Saved, saved_values
 from autopar.strategies.types import Strategy, TensorMeta
 from cost_models import CostModel, TrainingMemory
@@ -51,10 +64,8 @@ from cost_models.compute import optimizer_step_time
 from cost_models.dtypes import dtype_key
 
 GiB = 2**30
-
-
-class PlanInfeasibleError(ValueError):
-    pass
+__all__ = ["FOLLOWER_FAMILIES", "PlanInfeasibleError", "Pricing", "build_problem",
+           "follower_ties", "group_latencies", "make_plan"]
 
 
 def _groups(keys: list[object]) -> list[int]:
@@ -91,6 +102,10 @@ class Pricing:
     saved: Saved
     optimizer: str
     precision: str = "fp32"
+    modes: dict[str, str] = field(default_factory=dict)  # op node -> recompute mode
+    _layer_params: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
+    # pure results keyed on layouts and metadata (bucket share, edge transitions)
+    _memo: dict[object, object] = field(default_factory=dict, repr=False)
 
     def input_grads(self, node: PNode) -> tuple[bool, ...]:
         return tuple(self.graph.nodes[s].requires_grad for s, _ in node.inputs)
@@ -100,6 +115,46 @@ class Pricing:
         graph: PlanGraph, cm: CostModel, optimizer: str = "adamw", precision: str = "fp32"
     ) -> Pricing:
         return Pricing(graph, cm, saved_values(graph), optimizer, precision)
+
+    def with_recompute(self, layers: Layers, assignment: Mapping[str, str]) -> Pricing:
+        """These prices with ``assignment``'s layers recomputed (``solve.recompute``)."""
+        return dataclasses.replace(
+            self, saved=saved_under(self.graph, self.saved, layers, assignment),
+            modes=layers.modes(assignment), _layer_params={},
+        )  # fmt: skip
+
+    def kernel_of(self, node: PNode, s: Strategy) -> list[Collective]:
+        """A custom kernel's collectives, issued again when its layer is recomputed."""
+        ks = kernel_collectives(s)
+        return ks + ks if node.name in self.modes else ks
+
+    def repeated(self, src: PNode, fwd: list[Collective], dst: str) -> list[Collective]:
+        """The forward collectives of an edge issued again in backward: a reshard into a
+        node of a recomputed layer runs again there (parameter gathers are FSDP's)."""
+        return fwd if dst in self.modes and src.kind != "param" else []
+
+    def layer_share(self, node: PNode) -> float:
+        """1 / the parameters of ``node``'s layer (one FSDP collective for all of them)."""
+        if not self._layer_params:
+            for n in self.graph.nodes.values():
+                if n.kind == "param":
+                    key = n.layer or ("", -1)
+                    self._layer_params[key] = self._layer_params.get(key, 0) + 1
+        return 1.0 / self._layer_params.get(node.layer or ("", -1), 1)
+
+    def bucket_share(self) -> float:
+        """Buckets per parameter gradient, estimated from the gradient bytes (DDP's rule)."""
+        from autopar.buckets import BUCKET_BYTES
+
+        got = self._memo.get("bucket_share")
+        if got is None:
+            params = [n for n in self.graph.nodes.values()
+                      if n.kind == "param" and n.requires_grad]  # fmt: skip
+            total = sum(n.out_metas[0].nbytes for n in params)
+            got = self._memo["bucket_share"] = min(
+                1.0, max(1.0, total / BUCKET_BYTES) / max(1, len(params))
+            )
+        return got  # type: ignore[return-value]
 
     def gathered_meta(self, node: PNode, idx: int) -> TensorMeta:
         """What a parameter's gather moves: bf16 copies of the fp32 masters under
@@ -115,25 +170,44 @@ class Pricing:
     def compute(self, node: PNode, s: Strategy) -> float:
         if node.kind != "op" or node.op is None:
             return 0.0
-        return compute_seconds(
+        t = compute_seconds(
             self.cm, node.op, node.family, s, node.requires_grad, self.input_grads(node)
         )
+        if reruns(node, self.modes.get(node.name, "none")):  # its forward runs again
+            t += compute_seconds(self.cm, node.op, node.family, s, False)
+        return t
 
     def memory(self, node: PNode, s: Strategy) -> TrainingMemory:
         return node_memory(node, s, self.saved, self.graph.mesh.sizes, self.optimizer)
 
     def edge(
-        self, src: PNode, s_src: Strategy, idx: int, dst: str, slot: int, s_dst: Strategy
+        self, src: PNode, s_src: Strategy, idx: int, dst: str, slot: int, s_dst: Strategy,
+        grouped: bool = False,
     ) -> tuple[list[Collective], list[Collective], int]:
-        """(forward, backward) collectives of one edge and the gathered copy it holds."""
+        """(forward, backward) collectives of one edge and the gathered copy it holds. A
+        parameter's collectives go out with others (gradient buckets, one FSDP collective
+        per layer): each pays 1/group of a latency here, or none with ``grouped`` (the
+        expanded plan adds one per group: ``group_latencies``)."""
         sizes = self.graph.mesh.sizes
         saved_slot = (dst, slot) in self.saved.slots
         meta = src.out_metas[idx]
         gathered = self.gathered_meta(src, idx)
-        fwd, bwd = edge_collectives(
-            s_src.outs[idx], s_dst.ins[slot], s_dst.grads[slot], meta, src.requires_grad, sizes,
-            regather=s_src.regather and saved_slot, gathered=gathered,
-        )  # fmt: skip
+        regather = s_src.regather and saved_slot
+        key = ("edge", s_src.outs[idx], s_dst.ins[slot], s_dst.grads[slot], meta,
+               src.requires_grad, regather, gathered)  # fmt: skip
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = edge_collectives(
+                s_src.outs[idx], s_dst.ins[slot], s_dst.grads[slot], meta, src.requires_grad,
+                sizes, regather=regather, gathered=gathered,
+            )  # fmt: skip
+        fwd, bwd = (list(x) for x in got)  # type: ignore[attr-defined]
+        if src.kind == "param":  # gradient buckets and FSDP layers: one latency per group
+            fwd = [dataclasses.replace(c, latency_share=0.0 if grouped else
+                                       self.layer_share(src)) for c in fwd]  # fmt: skip
+            bwd = [dataclasses.replace(c, latency_share=0.0 if grouped else (
+                self.bucket_share() if c.kind == "all_reduce" else self.layer_share(src)))
+                for c in bwd]  # fmt: skip
         held = held_gather_bytes(src, s_src, s_dst.ins[slot], saved_slot, sizes) if fwd else 0
         if held and gathered is not meta:
             held = held * gathered.dtype.itemsize // meta.dtype.itemsize
@@ -179,7 +253,7 @@ def build_problem(
         m = mult[name]
         compute[name] = [m * ctx.compute(node, s) for s in node.strategies]
         costs[name] = [
-            c + m * (price(kernel_collectives(s)) + ctx.optimizer_seconds(node, s))
+            c + m * (price(ctx.kernel_of(node, s)) + ctx.optimizer_seconds(node, s))
             for c, s in zip(compute[name], node.strategies)
         ]
         memory[name] = [m * ctx.memory(node, s).total for s in node.strategies]
@@ -201,7 +275,7 @@ def build_problem(
             for b in range(len(v_rep)):
                 fwd, bwd, held = ctx.edge(src, u_rep[a], idx, v, slot, v_rep[b])
                 call = 0.0 if param else ctx.call_seconds(src, u_rep[a], idx, v_rep[b], slot)
-                row_c.append(m * (price(fwd, bwd) + call))
+                row_c.append(m * (price(fwd, bwd, ctx.repeated(src, fwd, v)) + call))
                 row_m.append(float(m * held))
             cost.append(row_c)
             mem.append(row_m)
@@ -218,34 +292,6 @@ def build_problem(
     return problem, memory, edge_memory
 
 
-FOLLOWER_FAMILIES = ("view", "pointwise")
-
-
-def follower_ties(graph: PlanGraph, canon: dict[str, str]) -> dict[str, tuple[str, list[int]]]:
-    """Fold single-input views and element-wise ops into their producer: when each of the
-    producer's output layouts admits exactly one strategy of the follower, the follower's
-    choice is a function of the producer's and needs no variables of its own."""
-    ties: dict[str, tuple[str, list[int]]] = {}
-    for name, node in graph.nodes.items():
-        if canon[name] != name or node.kind != "op" or node.family not in FOLLOWER_FAMILIES:
-            continue
-        if len(node.inputs) != 1 or len(node.strategies) < 2:
-            continue
-        src, idx = node.inputs[0]
-        u = canon[src]
-        if u == name or len(graph.nodes[u].strategies) < 2:
-            continue
-        f = []
-        for s in graph.nodes[u].strategies:
-            match = [j for j, t in enumerate(node.strategies) if t.ins[0] == s.outs[idx]]
-            if len(match) != 1:
-                break
-            f.append(match[0])
-        else:
-            ties[name] = (u, f)
-    return ties
-
-
 def make_plan(
     captured: Captured,
     mesh: MeshSpec,
@@ -255,6 +301,7 @@ def make_plan(
     memory_budget: float | None = None,
     optimizer: str = "adamw",
     precision: str = "fp32",
+    recompute: str | Mapping[str, str] | None = None,
 ) -> Plan:
     from autopar.solve.autocast import with_precision
 
@@ -270,51 +317,38 @@ def make_plan(
         )
     restrict(graph, strategy)
     canon = canonical_map(graph)
-    ctx = Pricing.of(graph, cm, optimizer, precision)
-    problem, memory, edge_memory = build_problem(ctx, canon, budget)
-    start = time.perf_counter()
-    try:
-        solution = solve(problem, time_limit=time_limit)
-    except InfeasibleError as err:
-        raise _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy) from err
-    solve_s = time.perf_counter() - start
-    plan = _expand(ctx, canon, solution.choice, strategy, solution, solve_s, budget)
-    return dataclasses.replace(plan, precision=precision)
-
-
-def _infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy):  # type: ignore[no-untyped-def]
-    """The error for a budget no plan meets, naming the smallest peak any plan reaches."""
-    smallest = Problem(
-        {u: [w * 1e-9 for w in ws] for u, ws in memory.items()},
-        [EdgeTerm(e.u, e.v, e.u_group, e.v_group, [[x * 1e-9 for x in r] for r in mm])
-         for e, mm in zip(problem.edges, edge_memory)],
-        ties=problem.ties,
-    )  # fmt: skip
-    choice = solve(smallest).choice
-    mem = _memory_of(ctx, canon, choice)
-    cm, mesh = ctx.cm, ctx.graph.mesh
-    parts = ", ".join(
-        f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in mem.to_json().items() if k != "total"
-    )
-    state = mem.total - mem.activations
-    need = -(-state * mesh.num_devices // int(budget)) if budget > 0 else 0
-    fp32 = any(
-        n.kind == "param" and n.out_metas[0].dtype.itemsize == 4 for n in ctx.graph.nodes.values()
-    )
-    fixes = [
-        f"more devices (the parameter state alone needs at least {need} devices of this "
-        f"budget; e.g. a larger --cluster)",
-        "a smaller batch or sequence (--batch-size, --seq-len) for the activations",
-    ]
-    if fp32:
-        fixes.append("bf16 parameters (half the parameter and gradient bytes)")
-    fixes.append("a larger --memory-budget if the device really has more free memory")
-    return PlanInfeasibleError(
-        f"no plan fits in memory: the smallest plan autopar finds for strategy={strategy!r} on "
-        f"mesh {mesh} needs {mem.total / GiB:.2f} GiB per device ({parts} GiB), but the "
-        f"budget is {budget / GiB:.2f} GiB per device ({cm.device.name} with "
-        f"{cm.device.memory_bytes / GiB:.0f} GiB). Fix: use " + "; or ".join(fixes)
-    )
+    base = Pricing.of(graph, cm, optimizer, precision)
+    layers = Layers() if recompute is None else Layers.of_graph(captured, graph)
+    tries = [{}] if recompute is None else [layers.assignment(recompute)]
+    best: Plan | None = None
+    failed: tuple[object, ...] = ()
+    for i, assignment in enumerate(tries):  # grows once: the recompute candidates
+        ctx = base.with_recompute(layers, assignment) if assignment else base
+        canon_i = split_canon(canon, lambda n: (
+            ctx.modes.get(n), tuple((n, k) in ctx.saved.values
+                                    for k in range(len(graph.nodes[n].out_metas))),
+        )) if assignment else canon  # fmt: skip
+        problem, memory, edge_memory = build_problem(ctx, canon_i, budget)
+        start = time.perf_counter()
+        try:
+            solution = solve(problem, time_limit=time_limit)
+        except InfeasibleError:
+            failed = (ctx, canon_i, problem, memory, edge_memory, budget, strategy)
+            if i == 0 and recompute is None:
+                layers = Layers.of_graph(captured, graph)
+                tries += candidates(layers.paths)
+            continue
+        solve_s = time.perf_counter() - start
+        plan = _expand(ctx, canon_i, solution.choice, strategy, solution, solve_s, budget)
+        plan = dataclasses.replace(plan, precision=precision,
+                                   recompute=as_field(assignment, layers))  # fmt: skip
+        if best is None or plan.predicted.step_time_s < best.predicted.step_time_s:
+            best = plan
+        if i == 0 or "selective" not in assignment.values():
+            break  # fits without recomputation, or the first k layers recomputed that fit
+    if best is None:
+        raise infeasible(*failed)  # type: ignore[arg-type]
+    return best
 
 
 def _memory_of(ctx: Pricing, canon: dict[str, str], choice: dict[str, int]) -> TrainingMemory:
@@ -351,7 +385,7 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
         s = chosen[name]
         t = ctx.compute(node, s)
         compute += t
-        kernel_comm += price(kernel_collectives(s))
+        kernel_comm += price(ctx.kernel_of(node, s))
         if node.kind == "op" and node.op is not None:
             flops += model_flops(node.op, node.family, node.requires_grad, ctx.input_grads(node))
             if node.family == "matmul":
@@ -375,10 +409,10 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
         framework += ctx.call_seconds(src, s_src, e.out_index, s_dst, e.slot)
         src_layout = s_src.outs[e.out_index]
         dst_layout, grad_layout = s_dst.ins[e.slot], s_dst.grads[e.slot]
-        fwd, bwd, _ = ctx.edge(src, s_src, e.out_index, e.dst, e.slot, s_dst)
+        fwd, bwd, _ = ctx.edge(src, s_src, e.out_index, e.dst, e.slot, s_dst, grouped=True)
         if not fwd and not bwd and src_layout == dst_layout:
             continue
-        seconds = price(fwd, bwd)
+        seconds = price(fwd, bwd, ctx.repeated(src, fwd, e.dst))
         if src.kind == "param":
             hidden += seconds
         else:
@@ -388,6 +422,7 @@ def _expand(ctx, canon, choice, strategy, solution, solve_s, budget) -> Plan:  #
         ) + tuple(CollectivePlan(c.kind, names[c.axis], c.nbytes, "backward") for c in bwd)
         reshards.append(ReshardPlan(e.src, e.out_index, e.dst, e.slot, src_layout, dst_layout,
                                     grad_layout, colls, seconds))  # fmt: skip
+    hidden += group_latencies(ctx, chosen)
     visible = exposed + kernel_comm
     exposed = visible + cm.interference * hidden + max(0.0, hidden - cm.overlap * compute)
     step = compute + exposed + optimizer + framework

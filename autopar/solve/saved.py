@@ -7,7 +7,10 @@ Contract: ``saved_values(graph)`` returns a ``Saved`` with
   it, through view ops) is saved — for a parameter edge this says whether FSDP's freed
   copy must be gathered again in backward;
 - ``internal``: per op, the bytes of intermediates it makes itself and saves (a copy
-  inside a kernel), for the whole (unsplit) op.
+  inside a kernel), for the whole (unsplit) op;
+- ``own`` / ``direct``: the outputs each op saves of itself and the input slots it saves,
+  before views are followed back to their storage (``kept`` does that, for any such
+  sets: ``solve.recompute`` re-derives ``values`` when layers are recomputed).
 Each op is run once per distinct signature (target, shapes, dtypes, arguments, which
 inputs need a gradient) under ``torch.autograd.graph.saved_tensors_hooks`` on fake CPU
 tensors (the CPU kernels, not the meta ones, which can save other tensors). An op that
@@ -31,6 +34,8 @@ class Saved:
     slots: frozenset[tuple[str, int]]
     # bytes an op saves of intermediates it makes itself (a copy inside a kernel), whole op
     internal: dict[str, float] = field(default_factory=dict)
+    own: frozenset[tuple[str, int]] = frozenset()
+    direct: frozenset[tuple[str, int]] = frozenset()
 
 
 # ops whose meta-device kernel saves other tensors than the CPU/GPU kernels that run:
@@ -44,8 +49,8 @@ def _probe(node: PNode, needs: tuple[bool, ...], mode: Any) -> tuple[set[int], s
     may save other tensors than the CPU one)."""
     assert node.fx_node is not None and node.op is not None
     if node.target in _KNOWN:
-        ins, outs = _KNOWN[node.target]
-        return {k for k in ins if k < len(needs)}, set(outs), 0.0
+        known_ins, known_outs = _KNOWN[node.target]
+        return {k for k in known_ins if k < len(needs)}, set(known_outs), 0.0
     with mode:
         tensors = []
         for meta, rg in zip(node.op.inputs, needs):
@@ -91,11 +96,10 @@ def saved_values(graph: PlanGraph) -> Saved:
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     memo: dict[Any, tuple[set[int], set[int], float]] = {}
-    values: set[tuple[str, int]] = set()
-    slots: set[tuple[str, int]] = set()
+    own: set[tuple[str, int]] = set()
+    direct: set[tuple[str, int]] = set()
     internal: dict[str, float] = {}
-    order = [n for n in graph.nodes.values() if n.kind == "op"]
-    for node in order:
+    for node in (n for n in graph.nodes.values() if n.kind == "op"):
         needs = tuple(graph.nodes[s].requires_grad for s, _ in node.inputs)
         if not node.requires_grad:
             continue
@@ -106,17 +110,26 @@ def saved_values(graph: PlanGraph) -> Saved:
         ins_hit, outs_hit, extra = memo[key]
         if extra:
             internal[node.name] = extra
-        values |= {(node.name, i) for i in outs_hit}
-        for k in ins_hit:
-            slots.add((node.name, k))
-            values.add(node.inputs[k])
-    # a view (or a same-dtype cast) aliases its input: if its output is kept, so is its
-    # input's storage
-    for node in reversed(order):
+        own |= {(node.name, i) for i in outs_hit}
+        direct |= {(node.name, k) for k in ins_hit}
+    values, slots = kept(graph, own, direct)
+    return Saved(values, slots, internal, frozenset(own), frozenset(direct))
+
+
+def kept(
+    graph: PlanGraph, own: set[tuple[str, int]], direct: set[tuple[str, int]]
+) -> tuple[frozenset[tuple[str, int]], frozenset[tuple[str, int]]]:
+    """(values whose storage stays alive, slots whose tensor is saved) given the outputs
+    kept by their op (``own``) and the input slots saved (``direct``): a view (or a
+    same-dtype cast) aliases its input, so if its output is kept, so is its input's
+    storage."""
+    values = set(own) | {graph.nodes[n].inputs[k] for n, k in direct}
+    slots = set(direct)
+    for node in reversed([n for n in graph.nodes.values() if n.kind == "op"]):
         if aliases(node) and any(
             (node.name, i) in values for i in range(len(node.out_metas))
         ):
             for k, src in enumerate(node.inputs):
                 values.add(src)
                 slots.add((node.name, k))
-    return Saved(frozenset(values), frozenset(slots), internal)
+    return frozenset(values), frozenset(slots)

@@ -28,7 +28,10 @@ def __getattr__(name: str) -> Any:
 
         return getattr(parity, name)
     if name in ("pipeline_parity", "pipeline_check"):
-        from autopar.testing import pipeline_parity
+        # by its full name: ``from autopar.testing import pipeline_parity`` would call
+        # this function again
+        import importlib
 
-        return getattr(pipeline_parity, "check" if name == "pipeline_check" else name)
+        module = importlib.import_module("autopar.testing.pipeline_parity")
+        return getattr(module, "check" if name == "pipeline_check" else name)
     raise AttributeError(name)

@@ -6,8 +6,11 @@ bytes this rank's autograd graph holds when backward starts: every distinct stor
 by ``torch.autograd.graph.saved_tensors_hooks`` during forward that is still allocated at
 the end of forward, except the program's own parameters (counted as parameters) and the
 step's inputs. A gathered parameter copy kept for backward (ZeRO-2) counts; one FSDP2 has
-freed after forward (to gather again in backward) does not. This is the figure the plan
-calls ``activations``.
+freed after forward (to gather again in backward) does not. A recomputed layer
+(``rt.recompute``) packs only its inputs through the hooks (its checkpoint saves them so);
+what a selective checkpoint keeps besides (the matmul outputs, in its own storage,
+``runtime.recompute.observe``) is counted too. This is the figure the plan calls
+``activations``.
 """
 
 from __future__ import annotations
@@ -27,14 +30,26 @@ def saved_bytes(compiled: Any, *args: Any, **kwargs: Any) -> int:
         packed.setdefault(s.data_ptr(), s)
         return t
 
+    from autopar.runtime.recompute import observe
+
+    caches: list[Any] = []
     program = compiled.program
     i = compiled.loss_index
     # parameters as stored (before forward: FSDP2 swaps in gathered copies during it)
     own = {_ptr(p) for p in program.parameters()} | {_ptr(b) for b in program.buffers()}
     own |= {_ptr(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outs = program(*compiled._flat(args, kwargs))
-        loss = compiled._whole(outs[i], compiled.outputs[i][1])
+    stop = observe(caches.append)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outs = program(*compiled._flat(args, kwargs))
+            loss = compiled._whole(outs[i], compiled.outputs[i][1])
+    finally:
+        stop()
+    for storage in caches:  # selective checkpoints: {op: {index: outputs}}
+        for leaf in pytree.tree_leaves([list(v.values()) for v in storage.values()]):
+            t = getattr(leaf, "val", None)
+            if isinstance(t, torch.Tensor):
+                pack(t)
     held = sum(s.nbytes() for ptr, s in packed.items() if ptr not in own and s.nbytes() > 0)
     loss.backward()
     return int(held)

@@ -7,6 +7,9 @@ twice from the same seed, trains the reference in this process and the compiled 
 the process group on the same global batch, and returns the per-step losses and the largest
 differences of the final parameters, plus the collectives the compiled model issued in one
 step (counted by CommCounter) with what the program's structure says it issues. ``check(result)`` asserts parity within ``TOLERANCE``.
+``recompute`` ("selective" | "full") plans with every layer recomputed
+(``recompute_plan``: ``make_plan(..., recompute=)`` on rank 0, the plan sent to every rank)
+and compiles that plan.
 """
 
 from __future__ import annotations
@@ -48,12 +51,18 @@ def _run_one(
     steps: int,
     cluster: str | None,
     memory_budget: float | None = None,
+    recompute: str | None = None,
 ) -> dict[str, Any]:
     model, args, kwargs = build_tiny(example)
     ref = copy.deepcopy(model)
+    plan = None if recompute is None else recompute_plan(
+        model, args, kwargs, strategy, recompute, memory_budget=memory_budget,
+        optimizer="sgd" if optimizer == "sgd" else "adamw",
+    )  # fmt: skip
     compiled = autopar.compile(
         model, args, kwargs, strategy=strategy, mesh=mesh, cluster=cluster,
         memory_budget=memory_budget, optimizer="sgd" if optimizer == "sgd" else "adamw",
+        plan=plan,
     )  # fmt: skip
 
     def make(params: Any) -> torch.optim.Optimizer:
@@ -77,6 +86,16 @@ def _run_one(
         losses.append(float(loss.detach()))
         ref_losses.append(float(loss_ref.detach()))
     diffs, missing = state_diffs(compiled.full_state_dict(), ref.state_dict())
+    if hasattr(compiled, "_models"):  # auto chose a pipeline: it trains through step only
+        return {
+            "losses": losses, "ref_losses": ref_losses, "diffs": diffs, "missing": missing,
+            "comms": comms, "pipeline": dict(compiled.plan.pipeline or {}),
+            "stages": len(compiled.plan.stages), "modes": compiled.plan.param_modes(),
+            "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
+                str(p) != "R" for p in n.outs[0])),
+            "memory": dict(compiled.plan.predicted.memory),
+            "recompute": list(getattr(compiled.plan, "recompute", ())),
+        }  # fmt: skip
     held = held_bytes(compiled, opt)
     with torch.no_grad():  # the forward path: every output made whole, equal to the model's
         outputs = output_diffs(compiled(*args, **kwargs), ref(*args, **kwargs))
@@ -93,7 +112,33 @@ def _run_one(
         "modes": compiled.plan.param_modes(),
         "memory": dict(compiled.plan.predicted.memory),
         "held": held,
+        "recompute": list(compiled.plan.recompute),
+        "recomputed": dict(getattr(compiled.module, "RECOMPUTED", {})),
     }  # fmt: skip
+
+
+def recompute_plan(
+    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], strategy: str,
+    recompute: Any, memory_budget: float | None = None, optimizer: str = "adamw",
+    precision: str = "fp32",
+) -> Any:
+    """The plan of ``strategy`` (a preset) on this process group's ranks with the layers
+    recomputed as ``recompute`` says (``make_plan(recompute=)``); rank 0 plans."""
+    import torch.distributed as dist
+
+    from autopar.api import plan_on_rank0
+    from autopar.capture import capture
+    from autopar.planning import default_mesh
+    from autopar.solve.planner import make_plan
+    from cost_models import ClusterSpec, CostModel
+
+    cluster = ClusterSpec.cpu(dist.get_world_size())
+    spec = default_mesh(strategy, cluster)
+    return plan_on_rank0(lambda: make_plan(
+        capture(model, args, kwargs), spec, strategy, CostModel(cluster, spec),
+        memory_budget=memory_budget, optimizer=optimizer, precision=precision,
+        recompute=recompute,
+    ))  # fmt: skip
 
 
 def planned_explicit(compiled: Any) -> dict[str, int]:
@@ -176,9 +221,10 @@ def train_parity(
     steps: int = 3,
     cluster: str | None = None,
     memory_budget: float | None = None,
+    recompute: str | None = None,
 ) -> dict[str, Any]:
     return {
-        opt: _run_one(example, strategy, mesh, opt, steps, cluster, memory_budget)
+        opt: _run_one(example, strategy, mesh, opt, steps, cluster, memory_budget, recompute)
         for opt in optimizers
     }
 
@@ -199,6 +245,9 @@ def check(result: dict[str, Any]) -> None:
             assert diff <= atol + rtol * scale, (
                 f"{opt}: {key} differs by {diff} (max |ref| {scale})"
             )
+        if "stages" in r:  # a pipeline (see pipeline_parity for its schedules' tests)
+            assert r["stages"] >= 2 and r["stages"] == r["pipeline"]["num_stages"], r["pipeline"]
+            continue
         assert r["comms"] == r["expected"], (
             f"{opt}: collectives issued {r['comms']} differ from the program's {r['expected']}"
         )

@@ -6,13 +6,18 @@ and a fresh optimizer: every parameter and AdamW tensor equals (``torch.equal``)
 saved one. Resume: the 2-rank fsdp run (AdamW) and a 2-rank tp run (SGD with momentum)
 continue for 3 steps on 4 ranks and on 1; every loss matches an uninterrupted
 single-process run of 6 steps. One pool per rank count; each plan is compiled once per
-task and its checkpoint reused for every load.
+task and its checkpoint reused for every load. ``autopar run --save`` on 2 processes,
+``--resume`` on 1 re-plans and passes ``--check``.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,22 @@ FOUR = {"dp2xtp2": ("tp", {"dp": 2, "tp": 2})}
 STEPS = 3
 
 
+class Clock:
+    """Seconds spent per kind of work in one task (reported by the tests)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def add(self, kind: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + now - since
+        return now
+
+    def report(self) -> dict[str, float]:
+        return {**self.seconds, "task": time.perf_counter() - self.start}
+
+
 def _optimizer(kind: str, params: Any) -> torch.optim.Optimizer:
     if kind == "sgd":
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -41,9 +62,25 @@ def _loss(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.loss
 
 
-def _compile(example: str, strategy: str, mesh: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+def _compile(clock: Clock, example: str, strategy: str, mesh: Any) -> tuple[Any, Any, Any]:
+    t = time.perf_counter()
     model, args, kwargs = build_tiny(example)
-    return autopar.compile(model, args, kwargs, strategy=strategy, mesh=mesh), args, kwargs
+    compiled = autopar.compile(model, args, kwargs, strategy=strategy, mesh=mesh)
+    clock.add("compile", t)
+    return compiled, args, kwargs
+
+
+def _save(clock: Clock, path: str, model: Any, opt: torch.optim.Optimizer) -> None:
+    t = time.perf_counter()
+    autopar.save_checkpoint(path, model, opt, step=STEPS)
+    clock.add("save", t)
+
+
+def _load(clock: Clock, path: str, model: Any, opt: torch.optim.Optimizer) -> int:
+    t = time.perf_counter()
+    step = autopar.load_checkpoint(path, model, opt)
+    clock.add("load", t)
+    return step
 
 
 def _train(model: Any, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> list[float]:
@@ -64,7 +101,7 @@ def full_state(model: Any, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor
         gathered = prog.full_state_dict()
         for fqn, p in prog.program.named_parameters():
             spec, ctx = prog.params_spec[fqn], prog.ctx
-            whole = global_view(p, spec, ctx).full_tensor()
+            whole = global_view(p, spec, ctx).full_tensor().clone()  # not the live storage
             assert torch.equal(whole, gathered[fqn]), (
                 f"{fqn}: the checkpoint view is not the parameter"
             )
@@ -87,13 +124,15 @@ def _zero(model: Any) -> None:
             (p.to_local() if hasattr(p, "to_local") else p).zero_()
 
 
-def _load_all(model: Any, root: str, example: str, sources: list[str]) -> dict[str, Any]:
+def _load_all(
+    clock: Clock, model: Any, root: str, example: str, sources: list[str]
+) -> dict[str, Any]:
     """Load each source checkpoint into zeroed parameters and a fresh AdamW."""
     out = {}
     for src in sources:
         _zero(model)
         opt = _optimizer("adamw", model.parameters())
-        step = autopar.load_checkpoint(os.path.join(root, example, src), model, opt)
+        step = _load(clock, os.path.join(root, example, src), model, opt)
         out[src] = (step, full_state(model, opt))
     return out
 
@@ -101,39 +140,41 @@ def _load_all(model: Any, root: str, example: str, sources: list[str]) -> dict[s
 def save_and_load_two(rank: int, world: int, root: str) -> dict[str, Any]:
     """2 ranks: train and save under each plan, then load every checkpoint (the 4-rank
     one included) under each plan; plus the SGD run the resume test continues."""
+    clock = Clock()
     result: dict[str, Any] = {"truth": {}, "losses": {}, "loads": {}}
     for example in MODELS:
         built = {}
         for name, (strategy, mesh) in TWO.items():
-            model, args, kwargs = _compile(example, strategy, mesh)
+            model, args, kwargs = _compile(clock, example, strategy, mesh)
             opt = _optimizer("adamw", model.parameters())
             result["losses"][example, name] = _train(model, opt, args, kwargs)
-            autopar.save_checkpoint(os.path.join(root, example, name), model, opt, step=STEPS)
+            _save(clock, os.path.join(root, example, name), model, opt)
             result["truth"][example, name] = full_state(model, opt)
             built[name] = model
         for name, model in built.items():
             others = [s for s in (*TWO, *FOUR) if s != name]
-            for src, got in _load_all(model, root, example, others).items():
+            for src, got in _load_all(clock, model, root, example, others).items():
                 result["loads"][example, name, src] = got
-    model, args, kwargs = _compile("gpt2", "tp", None)
+    model, args, kwargs = _compile(clock, "gpt2", "tp", None)
     opt = _optimizer("sgd", model.parameters())
     result["losses"]["gpt2", "sgd"] = _train(model, opt, args, kwargs)
-    autopar.save_checkpoint(os.path.join(root, "gpt2", "sgd"), model, opt, step=STEPS)
+    _save(clock, os.path.join(root, "gpt2", "sgd"), model, opt)
+    result["seconds"] = clock.report()
     return result
 
 
 def save_four(rank: int, world: int, root: str) -> dict[str, Any]:
     """4 ranks: train and save dp2 x tp2; and an FSDP-over-TP parameter (same dim on
     both axes: a _StridedShard) round-trips through its checkpoint view."""
-    truth = {}
+    clock, truth = Clock(), {}
     for example in MODELS:
         for name, (strategy, mesh) in FOUR.items():
-            model, args, kwargs = _compile(example, strategy, mesh)
+            model, args, kwargs = _compile(clock, example, strategy, mesh)
             opt = _optimizer("adamw", model.parameters())
             _train(model, opt, args, kwargs)
-            autopar.save_checkpoint(os.path.join(root, example, name), model, opt, step=STEPS)
+            _save(clock, os.path.join(root, example, name), model, opt)
             truth[example, name] = full_state(model, opt)
-    return {"truth": truth, "strided": _strided(root)}
+    return {"truth": truth, "strided": _strided(root), "seconds": clock.report()}
 
 
 def _strided(root: str) -> bool:
@@ -150,6 +191,7 @@ def _strided(root: str) -> bool:
                               [Shard(0)], run_check=False, shape=tp_piece.shape,
                               stride=tp_piece.stride())  # fmt: skip
     view = global_view(fsdp, spec, ctx)
+    logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     path = os.path.join(root, "strided")
     import torch.distributed.checkpoint as dcp
 
@@ -162,37 +204,33 @@ def _strided(root: str) -> bool:
 def load_and_resume_four(rank: int, world: int, root: str) -> dict[str, Any]:
     """4 ranks: load each 2-rank checkpoint under dp2 x tp2; then resume the AdamW
     (fsdp) and SGD runs for 3 steps."""
-    out: dict[str, Any] = {"loads": {}, "resumed": {}}
+    clock, out = Clock(), {"loads": {}, "resumed": {}}
     for example in MODELS:
         for name, (strategy, mesh) in FOUR.items():
-            model, args, kwargs = _compile(example, strategy, mesh)
-            for src, got in _load_all(model, root, example, list(TWO)).items():
+            model, args, kwargs = _compile(clock, example, strategy, mesh)
+            for src, got in _load_all(clock, model, root, example, list(TWO)).items():
                 out["loads"][example, name, src] = got
-            out["resumed"][example, "adamw"] = _resume(model, root, example, "fsdp", "adamw",
-                                                       args, kwargs)  # fmt: skip
-            if example == "gpt2":
-                out["resumed"][example, "sgd"] = _resume(model, root, example, "sgd", "sgd",
-                                                         args, kwargs)  # fmt: skip
+            for kind, src in (("adamw", "fsdp"), ("sgd", "sgd"))[: 2 if example == "gpt2" else 1]:
+                out["resumed"][example, kind] = _resume(clock, model, os.path.join(root, example, src),
+                                                        kind, args, kwargs)  # fmt: skip
+    out["seconds"] = clock.report()
     return out
 
 
-def _resume(
-    model: Any, root: str, example: str, src: str, kind: str, args: Any, kwargs: Any
-) -> list[float]:
+def _resume(clock: Clock, model: Any, path: str, kind: str, args: Any, kwargs: Any) -> list[float]:
     opt = _optimizer(kind, model.parameters())
-    assert autopar.load_checkpoint(os.path.join(root, example, src), model, opt) == STEPS
+    assert _load(clock, path, model, opt) == STEPS
     return _train(model, opt, args, kwargs)
 
 
 def resume_one(rank: int, world: int, root: str) -> dict[str, Any]:
     """1 rank: resume both runs, and the uninterrupted single-process references."""
-    out: dict[str, Any] = {"resumed": {}, "reference": {}}
+    clock, out = Clock(), {"resumed": {}, "reference": {}}
     for example in MODELS:
-        model, args, kwargs = _compile(example, "dp", None)
-        for kind, src in (("adamw", "fsdp"), ("sgd", "sgd")):
-            if kind == "sgd" and example != "gpt2":
-                continue
-            out["resumed"][example, kind] = _resume(model, root, example, src, kind, args, kwargs)
+        model, args, kwargs = _compile(clock, example, "auto", None)  # "dp" refuses 1 rank
+        for kind, src in (("adamw", "fsdp"), ("sgd", "sgd"))[: 2 if example == "gpt2" else 1]:
+            out["resumed"][example, kind] = _resume(clock, model, os.path.join(root, example, src),
+                                                    kind, args, kwargs)  # fmt: skip
             ref, args, kwargs = build_tiny(example)
             opt = _optimizer(kind, ref.parameters())
             losses = []
@@ -201,8 +239,9 @@ def resume_one(rank: int, world: int, root: str) -> dict[str, Any]:
                 loss = _loss(ref(*args, **kwargs))
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             out["reference"][example, kind] = losses
+    out["seconds"] = clock.report()
     return out
 
 
@@ -211,19 +250,26 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("checkpoints"))
 
 
+def _timed(pool: GlooPool, fn: Any, root: str, timeout_s: float) -> dict[str, Any]:
+    out = pool.run(fn, root, timeout_s=timeout_s)[0]
+    print(f"{fn.__name__} on {pool.world_size} ranks: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in out["seconds"].items()))  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="module")
 def four_saved(pool4: GlooPool, root: str) -> dict[str, Any]:
-    return pool4.run(save_four, root, timeout_s=400)[0]
+    return _timed(pool4, save_four, root, 400)
 
 
 @pytest.fixture(scope="module")
 def two(pool2: GlooPool, root: str, four_saved: dict[str, Any]) -> dict[str, Any]:
-    return pool2.run(save_and_load_two, root, timeout_s=600)[0]
+    return _timed(pool2, save_and_load_two, root, 600)
 
 
 @pytest.fixture(scope="module")
 def four_loaded(pool4: GlooPool, root: str, two: dict[str, Any]) -> dict[str, Any]:
-    return pool4.run(load_and_resume_four, root, timeout_s=400)[0]
+    return _timed(pool4, load_and_resume_four, root, 400)
 
 
 def _check_loads(loads: dict[Any, Any], truth: dict[Any, Any]) -> int:
@@ -275,7 +321,7 @@ def test_resume_on_four_and_one_matches_one_process(
     two: dict[str, Any], four_loaded: dict[str, Any], root: str
 ) -> None:
     with GlooPool(1) as pool1:
-        one = pool1.run(resume_one, root, timeout_s=300)[0]
+        one = _timed(pool1, resume_one, root, 300)
     for (example, kind), ref in one["reference"].items():
         rtol, atol = TOLERANCE[kind]
         first = two["losses"][example, "fsdp" if kind == "adamw" else "sgd"]
@@ -308,7 +354,25 @@ def test_plain_module_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not an autopar checkpoint"):
         autopar.load_checkpoint(tmp_path, other, fresh)
     llama, _, _ = build_tiny("llama")
-    with pytest.raises(CheckpointError, match="parameters of another model"):
+    with pytest.raises(CheckpointError, match="was saved from another model"):
         autopar.load_checkpoint(tmp_path / "ck", llama)
     with pytest.raises(CheckpointError, match="holds AdamW state, but a SGD"):
         autopar.load_checkpoint(tmp_path / "ck", other, torch.optim.SGD(other.parameters(), lr=1))
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autopar", "run", "mlp-tiny", *argv],
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+
+
+def test_cli_resume_replans_for_another_process_count(tmp_path: Path) -> None:
+    saved = _cli("--nproc", "2", "--steps", "2", "--strategy", "dp", "--save", str(tmp_path))
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    assert f"saved step 2 to {tmp_path}" in saved.stdout
+    resumed = _cli("--nproc", "1", "--steps", "2", "--resume", str(tmp_path), "--check")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "saved by 2 processes (strategy dp, mesh (dp=2)); re-planned for 1" in resumed.stdout
+    assert "step 3: loss" in resumed.stdout and "check passed" in resumed.stdout
+    bad = _cli("--nproc", "2", "--resume", str(tmp_path / "none"))
+    assert bad.returncode == 2 and "is not an autopar checkpoint" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr

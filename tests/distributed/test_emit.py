@@ -90,7 +90,7 @@ def test_emitted_program_matches_one_process(tmp_path: Path, strategy: str) -> N
     if strategy == "dp":
         assert "rt.reduce_gradients(" in source
     if strategy == "tp":
-        assert "'all_reduce', 'dp'" in source or "'all_gather', 'dp'" in source
+        assert "'all_reduce', 'tp'" in source or "'all_gather', 'tp'" in source
 
 
 @pytest.mark.timeout(400)

@@ -15,14 +15,17 @@ dim. For each (source, destination, gradient) on 2 ranks (1 axis) or 4 ranks (2x
 - the generated program's reshard runs: ``collectives.plan_steps`` -> ``reshard`` (it
   never returns None: ``autopar.steps.walk_axes`` finds a path between any two
   layouts); the result must be the destination's DTensor layout of the same tensor
-  (``full_tensor`` where the destination is partial);
+  (where the destination is partial: once summed, or averaged, over those axes; all
+  such results are reduced together at the end, one all-reduce per axis and kind);
 - backward with a random upstream gradient laid out as the gradient layout (1/n of it
   on a ``P(avg)`` axis of the destination, as a consumer returns it): the input's
   gradient must be the same gradient in ``grad_layout(src)`` (1/n of it on a ``P(avg)``
   axis of the source);
 - the collectives issued (``CommCounter``), forward and backward, must be the kinds and
   numbers ``cost.edge_collectives`` prices for the edge (byte counts and relayout flags
-  aside).
+  aside; FSDP's re-gather is FSDP2's, not a reshard's, and is not priced here).
+A rank-free test walks every pair of layouts on a 3-axis mesh: the walk ends in the
+destination and never moves a dim that a later axis splits at that moment.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ import importlib.util
 import itertools
 import sys
 from collections import Counter
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from autopar.placement import Layout, Partial, Placement, R, Replicate, Shard, layout_str
+from autopar.placement import Layout, Partial, Placement, R, Shard, layout_str
 
 AVG = Partial("avg")
 SHAPE = (4, 8, 12)  # every dim splits over 2x2, nested splits included; dims told apart
@@ -71,13 +75,23 @@ def _pattern(*layouts: Layout) -> tuple[str, ...]:
     return tuple(out)
 
 
+@cache
+def _op_views() -> tuple[tuple[Any, Any], ...]:
+    """(target, OpView) of every op case of the rule-conformance test."""
+    rule_cases, conformance = _sibling("rule_cases"), _sibling("conformance")
+    found = []
+    for case in rule_cases.cases():
+        args, kwargs = case.build()
+        found.append((case.target, conformance.op_view(case.target, args, kwargs)))
+    return tuple(found)
+
+
 def planner_patterns(sizes: tuple[int, ...]) -> tuple[set[Any], set[Any]]:
     """(source patterns, (destination, gradient) patterns) the rules offer on ``sizes``."""
     from autopar.strategies.enumerate import free_strategies, node_strategies
     from autopar.strategies.registry import Registry
     from autopar.strategies.types import TensorMeta
 
-    rule_cases, conformance = _sibling("rule_cases"), _sibling("conformance")
     registry = Registry()
     sources: set[Any] = {_pattern(tuple(R for _ in sizes))}  # graph inputs arrive whole
     for param in (False, True):
@@ -85,10 +99,8 @@ def planner_patterns(sizes: tuple[int, ...]) -> tuple[set[Any], set[Any]]:
         for s in free_strategies(meta, sizes, allow_shard=True, param=param):
             sources.add(_pattern(s.outs[0]))
     pairs: set[Any] = set()
-    for case in rule_cases.cases():
-        args, kwargs = case.build()
-        op = conformance.op_view(case.target, args, kwargs)
-        for s in node_strategies(op, sizes, registry.lookup(case.target, op)[1]):
+    for target, op in _op_views():
+        for s in node_strategies(op, sizes, registry.lookup(target, op)[1]):
             sources.update(_pattern(o) for o in s.outs if o is not None)
             pairs.update(_pattern(i, g) for i, g in zip(s.ins, s.grads))
     return sources, pairs
@@ -325,3 +337,43 @@ def test_every_planned_reshard_on_one_axis(pool2: Any) -> None:
 
 def test_every_planned_reshard_on_two_axes(pool4: Any) -> None:
     _run(pool4, (2, 2), minimum=1000)
+
+
+def _after(step: tuple[Any, ...], p: Placement) -> Placement:
+    """The placement of the moved axis after one step (layouts only)."""
+    kind = step[0]
+    if kind in ("all_gather", "all_reduce", "all_reduce_avg"):
+        return R
+    if kind in ("reduce_scatter", "chunk"):
+        return Shard(step[2])
+    if kind == "all_to_all":
+        return Shard(step[3])
+    return Partial() if kind == "keep" else p  # scale: the values change, not the layout
+
+
+def _same(have: Any, want: Any) -> bool:
+    """Layouts equal, a whole value standing for its own average (``R`` for ``P(avg)``)."""
+    return all(h == w or (h == R and w == AVG) for h, w in zip(have, want))
+
+
+def test_walk_covers_every_pair_on_three_axes() -> None:
+    """Without ranks: between every two layouts of a 2-D tensor on a 3-axis mesh, the
+    walk ends in the destination (``R`` standing for ``P(avg)``) and never moves a dim
+    that a later axis splits at that moment (the one rule a local step must obey; the
+    steps' values are what the gloo tests above check)."""
+    from autopar.steps import walk_axes
+
+    per_axis = [*KINDS, Shard(0), Shard(1)]  # two dims: split by one, two or three axes
+    layouts = list(itertools.product(per_axis, repeat=3))
+    for src in layouts:
+        for dst in layouts:
+            cur = list(src)
+            for step, before in walk_axes(src, dst):
+                assert _same(cur, before), (src, dst, step)
+                a = step[1]
+                dims = set(step[2:]) if step[0] in ("all_gather", "chunk", "reduce_scatter",
+                                                    "all_to_all") else set()  # fmt: skip
+                later = [p for p in before[a + 1 :] if isinstance(p, Shard) and p.dim in dims]
+                assert not later, (src, dst, step, before)
+                cur[a] = _after(step, cur[a])
+            assert _same(cur, dst), (src, dst, cur)

@@ -15,7 +15,7 @@ def test_plan_writes_a_loadable_plan(tmp_path, capsys) -> None:
     assert "transformer.h.0" in text and "predicted step" in text
     plan = Plan.load(out)
     assert plan.mesh.num_devices == 2
-    assert json.loads(out.read_text())["version"] == 1
+    assert json.loads(out.read_text())["version"] == 2
 
 
 def test_named_mesh(capsys) -> None:

@@ -60,8 +60,8 @@ def test_zero2_holds_gathered_copies_fsdp_does_not(tiny_plans) -> None:
     # (a parameter read by no batch-split op, like GPT-2's position table, is used where
     # it is stored: "sharded"; a bias autograd does not save is never gathered again, so
     # it behaves as "zero2" even under FSDP)
-    assert set(fsdp.param_modes().values()) == {"fsdp", "zero2", "sharded"}
-    assert set(zero.param_modes().values()) == {"zero2", "sharded"}
+    assert {"fsdp", "zero2"} <= set(fsdp.param_modes().values()) <= {"fsdp", "zero2", "sharded"}
+    assert {"zero2"} <= set(zero.param_modes().values()) <= {"zero2", "sharded"}
     assert list(fsdp.param_modes().values()).count("fsdp") > len(fsdp.param_modes()) // 2
     # FSDP gathers again in backward: more all-gathers than ZeRO-2
     assert fsdp.collectives("backward")["all_gather"] > 0
@@ -94,11 +94,15 @@ def test_budget_forces_sharding(tiny_plans) -> None:
         captured = capture(model, args, kwargs)
         loose = make_plan(captured, MeshSpec.of(2), "auto")
         tight = make_plan(captured, MeshSpec.of(2), "auto", memory_budget=(dp + fsdp) / 2)
-    # on CPU ranks nothing hides communication: without memory pressure no parameter is
-    # gathered; under the budget some are
-    assert not {"fsdp", "zero2"} & set(loose.param_modes().values())
+    # without memory pressure the loose plan may still shard what makes the step faster
+    # (ZeRO-2 moves the same bytes as an all-reduce and shards the optimizer step); under
+    # the budget the plan fits, shards more, and is not faster than the loose one
+    def sharded(plan: Plan) -> int:
+        return sum(1 for m in plan.param_modes().values() if m in ("fsdp", "zero2"))
+
+    assert loose.predicted.memory_per_device_bytes > (dp + fsdp) / 2
     assert tight.predicted.memory_per_device_bytes <= (dp + fsdp) / 2
-    assert {"fsdp", "zero2"} & set(tight.param_modes().values())
+    assert sharded(tight) >= sharded(loose) and tight.nodes != loose.nodes
     assert tight.predicted.step_time_s >= loose.predicted.step_time_s
 
 

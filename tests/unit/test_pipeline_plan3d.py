@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from autopar.capture import capture
-from autopar.cli.planning import Request, make
 from autopar.pipeline.layers import LayerPricer, sub_cluster
 from autopar.pipeline.plan3d import price_mesh, search, to_plan
 from autopar.pipeline.rebatch import batch_of, rebatch
+from autopar.planning.session import Request, make
 from cost_models import ClusterSpec
 
 
@@ -117,8 +117,9 @@ def test_to_plan_fills_the_pipeline_record() -> None:
 
 
 def test_cli_plans_pipelines_and_fixed_mixes() -> None:
-    plan, _, _ = make(Request("gpt2-tiny", cluster="2x2xH100", strategy="pp=2,dp=2"))
-    assert plan.pipeline is not None and plan.pipeline["mesh"] == {"pp": 2, "dp": 2, "tp": 1}
+    plan, _ = make(Request("gpt2-tiny", cluster="2x2xH100", strategy="pp=2,dp=2"))
+    assert plan.pipeline is not None and plan.pipeline["mesh"] == {"pp": 2, "dp": 2}
+    assert len(plan.stages) >= 2 and all(st.mesh == plan.mesh for st in plan.stages)
     assert plan.source["model"] == "gpt2-tiny"
-    with pytest.raises(ValueError, match="pp, dp and tp"):
+    with pytest.raises(ValueError, match="pp, dp or tp"):
         make(Request("gpt2-tiny", cluster="2x2xH100", strategy="pp=2,xp=2"))

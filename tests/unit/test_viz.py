@@ -14,9 +14,9 @@ import pytest
 
 import autopar.viz
 from autopar.cli import main
-from autopar.cli.planning import Request, make
 from autopar.pipeline.schedule import make_schedule
 from autopar.pipeline.schedule import simulate as schedule_simulate
+from autopar.planning.session import Request, make
 from autopar.viz import write_pictures
 from autopar.viz.charts import memory_bars, timeline
 from autopar.viz.pipeline import simulate, stage_of_module
