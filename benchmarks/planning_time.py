@@ -20,11 +20,22 @@ a GPT-3 175B-shaped model on 128x8xA100-80GB <= 120 s; there "solve" is the whol
 search (ILP vars column: layer ILPs solved) and "expand" the plan assembly.
 Capture is mesh-independent, so it runs once per model and its time is charged to both rows.
 
+The "CLI" rows (skip with ``--no-cli``) time the whole command line, every node planned,
+in a fresh process (``python -m autopar plan ...``: imports, model build, captures, the
+3D search, the stage plans, the baselines, the summary), as a user runs it:
+
+- ``autopar plan llama-70b --cluster 8x8xH100``                                <= 30 s
+- ``autopar plan benchmarks/planning_time.py:gpt3_175b --cluster 128x8xA100-80GB`` <= 60 s
+
+(GPT-3 175B is not a bundled model: ``gpt3_175b`` below builds the 96-layer GPT-2-shaped
+model of ``benchmarks.pipeline_search`` at batch 1536 x 2048 on the meta device.)
+
 Usage::
 
     python -m benchmarks.planning_time            # all three models
     python -m benchmarks.planning_time --quick    # GPT-2 small only
     python -m benchmarks.planning_time --profile out.prof   # cProfile everything, dump stats
+    python -m benchmarks.planning_time --cli-only  # just the two CLI runs
 """
 
 from __future__ import annotations
@@ -290,6 +301,58 @@ def pipeline_rows(models: list[str] | None) -> list[Row]:
     return rows
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpt3_175b() -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """The GPT-3 175B-shaped model (``benchmarks.pipeline_search``), for ``autopar plan
+    benchmarks/planning_time.py:gpt3_175b``."""
+    from benchmarks.pipeline_search import _gpt3_175b
+
+    return _gpt3_175b()
+
+
+@dataclass(frozen=True)
+class CliCase:
+    label: str
+    argv: tuple[str, ...]  # after ``autopar``
+    target_s: float
+
+
+CLI_CASES = (
+    CliCase("LLaMA 70B", ("plan", "llama-70b", "--cluster", "8x8xH100"), 30.0),
+    CliCase("GPT-3 175B", ("plan", f"{ROOT / 'benchmarks' / 'planning_time.py'}:gpt3_175b",
+                           "--cluster", "128x8xA100-80GB"), 60.0),
+)  # fmt: skip
+
+
+def cli_rows(timeout_s: float = 1800.0) -> list[tuple[CliCase, float, int, str]]:
+    """(case, wall seconds, exit status, last output line) of each whole CLI run."""
+    import os
+    import subprocess
+
+    out = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    for case in CLI_CASES:
+        cmd = [sys.executable, "-m", "autopar", *case.argv]
+        print(f"$ autopar {' '.join(case.argv)}", flush=True)
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  cwd=ROOT, env=env)  # fmt: skip
+            rc, text = done.returncode, (done.stdout + done.stderr).strip()
+        except subprocess.TimeoutExpired:
+            rc, text = 124, f"timed out after {timeout_s:.0f} s"
+        wall = time.perf_counter() - start
+        last = text.splitlines()[-1] if text else ""
+        verdict = "ERROR" if rc else ("PASS" if wall <= case.target_s else "FAIL")
+        print(f"  {case.label}: {wall:.1f} s (target <= {case.target_s:g} s) {verdict}"
+              + (f"; exit {rc}: {last[:200]}" if rc else ""), flush=True)  # fmt: skip
+        out.append((case, wall, rc, last))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="GPT-2 small only")
@@ -305,7 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         help="plan each model N times in this process and report the fastest total per row "
         "(the first capture in a process also pays torch.export's one-time warm-up)",
     )  # fmt: skip
+    parser.add_argument("--no-cli", action="store_true",
+                        help="skip timing the two whole CLI runs (LLaMA 70B, GPT-3 175B)")  # fmt: skip
+    parser.add_argument("--cli-only", action="store_true", help="only the two whole CLI runs")
     opts = parser.parse_args(argv)
+    if opts.cli_only:
+        cli = cli_rows()
+        return 1 if any(rc or wall > c.target_s for c, wall, rc, _ in cli) else 0
     cases = [m for m in MODELS if not opts.quick or m.module == "gpt2"]
     if opts.models:
         cases = [m for m in cases if m.module in opts.models]
@@ -333,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     if profiler:
         profiler.dump_stats(opts.profile)
         print(f"profile written to {opts.profile}")
-    return 1 if any(r.verdict in ("FAIL", "ERROR") for r in rows) else 0
+    failed = any(r.verdict in ("FAIL", "ERROR") for r in rows)
+    if not opts.quick and not opts.no_cli:
+        print("\nwhole CLI runs (fresh process, wall clock):")
+        cli = cli_rows()
+        failed = failed or any(rc or wall > c.target_s for c, wall, rc, _ in cli)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

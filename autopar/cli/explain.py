@@ -57,7 +57,8 @@ def explain_all(plan: Plan, top: int | None) -> None:
              f"each on mesh {plan.mesh}" if plan.stages else f"mesh {plan.mesh}")  # fmt: skip
     t = Table(title=f"nodes of the plan ({where}); reshards are priced where they land",
               title_justify="left")  # fmt: skip
-    cols = ("node", "op", "module", "in", "out", "compute", "reshards in", "inside")
+    cols: tuple[str, ...] = ("node", "op", "module", "in", "out", "compute", "reshards in",
+                             "inside")  # fmt: skip
     if plan.stages:
         cols = ("stage", *cols)
     for col in cols:

@@ -12,9 +12,14 @@ Contract:
   parameter modes, on the stage submesh ``dp x tp``, solved by the ordinary ILP under the
   device budget less the activations the schedule keeps in flight), ``nodes`` and
   ``reshards`` are their union (a node copied into several stages — a constant, a tied
-  weight — once), ``pipeline`` the schedule record (``plan3d.to_plan``: mesh, schedule,
+  weight, a received boundary value — once, as the first stage has it, with the reshards
+  between nodes kept from the same stage), ``pipeline`` the schedule record (``plan3d.to_plan``: mesh, schedule,
   microbatches, chunks, stages with their layers and modules, predicted step and bubble,
   runners-up), ``predicted`` the whole pipelined step.
+  Stages whose graphs agree up to names (``stage_signature``: ops, shapes, wiring, module
+  paths with layer indices ranked) are solved once, largest budget first; the plan is
+  carried onto another such stage (``rename_plan``) when it fits that stage's budget
+  (then it is optimal there too), else that stage is solved.
 - ``full_mesh(pp, dp, tp)`` / ``stage_mesh(...)``: the runtime meshes a pipeline runs on.
 """
 
@@ -87,7 +92,7 @@ def pipeline_plan(
     # optimal there as well (optimal on a superset of the plans that fit), so it is
     # renamed onto that stage instead of solving it again
     solved: dict[Any, list[tuple[Captured, Plan]]] = {}
-    stages: list[Plan | None] = [None] * len(split.stages)
+    done_stages: list[Plan | None] = [None] * len(split.stages)
     for k in sorted(range(len(split.stages)), key=lambda k: -budgets[k]):
         st, budget = split.stages[k], budgets[k]
         sig = stage_signature(st.captured)
@@ -102,21 +107,23 @@ def pipeline_plan(
                              optimizer=optimizer, precision=precision)  # fmt: skip
             solved.setdefault(sig, []).append((st.captured, plan))
         rank = st.index % best.pp
-        stages[k] = dataclasses.replace(plan, source={"stage": st.index, "rank": rank},
-                                        _index={})  # fmt: skip
-    seen: set[str] = set()
+        done_stages[k] = dataclasses.replace(plan, source={"stage": st.index, "rank": rank},
+                                             _index={})  # fmt: skip
+    stages = [p for p in done_stages if p is not None]
+    owner: dict[str, int] = {}  # node name -> the stage whose node the union keeps
     nodes, reshards = [], []
-    for plan in stages:
-        assert plan is not None
+    for k, plan in enumerate(stages):
         for n in plan.nodes:
-            if n.name not in seen:
-                seen.add(n.name)
+            if n.name not in owner:
+                owner[n.name] = k
                 nodes.append(n)
-        reshards += [r for r in plan.reshards if r.dst in seen]
+        # a reshard between two nodes the union keeps from this stage: one reading a
+        # value another stage produced (its received copy) stays in that stage's plan
+        reshards += [r for r in plan.reshards if owner[r.src] == k and owner[r.dst] == k]
     info = dict(base.pipeline or {}, mesh=dict(mesh.axes), submesh=sub.to_json())
     return dataclasses.replace(
         base, mesh=sub, nodes=tuple(nodes), reshards=_unique(reshards), pipeline=info,
-        stages=tuple(p for p in stages if p is not None), precision=precision, unknown_ops=tuple(sorted(
+        stages=tuple(stages), precision=precision, unknown_ops=tuple(sorted(
             {u for p in stages for u in p.unknown_ops})),
     )  # fmt: skip
 

@@ -62,38 +62,46 @@ def activations(rank: int, world: int, example: str, mode: str) -> dict[str, tup
 def test_recompute_memory_truth(pool2, example: str, mode: str) -> None:
     for result in pool2.run(activations, example, mode, timeout_s=400):
         for strategy, (measured, planned) in result.items():
-            print(f"{example} {strategy} {mode}: measured {measured} planned {planned} "
-                  f"ratio {measured / planned:.4f}")
+            print(
+                f"{example} {strategy} {mode}: measured {measured} planned {planned} "
+                f"ratio {measured / planned:.4f}"
+            )
             assert abs(measured - planned) <= 0.10 * planned, (
                 f"{example} {strategy} {mode}: measured {measured} bytes kept, plan {planned}"
             )
 
 
-def pipeline_recompute(rank: int, world: int, example: str, mode: str) -> dict[str, Any]:
-    """A pp=2 pipeline whose stage plans recompute every layer, trained 3 SGD steps."""
+def pipeline_plan(example: str, mode: str) -> str:
+    """The pp=2 pipeline plan (planned here, in the test process: a 3D search outlasts the
+    ranks' collective timeout) with every layer of every stage recomputed, as JSON."""
+    from autopar import planning
+    from autopar.capture import capture
+    from autopar.pipeline.runtime import microbatch_capture
+    from autopar.testing.parity import build_tiny
+    from cost_models import ClusterSpec
+
+    model, args, kwargs = build_tiny(example)
+    piped = planning.plan(capture(model, args, kwargs), ClusterSpec.cpu(2), mesh={"pp": 2},
+                          schedule="1f1b",
+                          microbatch_capture=microbatch_capture(model, args, kwargs))  # fmt: skip
+    stages = tuple(dataclasses.replace(st, recompute=_layers(st, mode)) for st in piped.stages)
+    return dataclasses.replace(piped, stages=stages).dumps()
+
+
+def pipeline_recompute(rank: int, world: int, example: str, plan_json: str) -> dict[str, Any]:
+    """The pipeline of ``plan_json`` (its stages recompute), trained 3 SGD steps."""
     import copy
+    import json
 
     import torch
 
     import autopar
-    from autopar import planning
-    from autopar.api import plan_on_rank0
-    from autopar.capture import capture
-    from autopar.pipeline.runtime import microbatch_capture
+    from autopar.plan import Plan
     from autopar.testing.parity import build_tiny, state_diffs
-    from cost_models import ClusterSpec
 
     model, args, kwargs = build_tiny(example)
     ref = copy.deepcopy(model)
-
-    def plan() -> Any:
-        piped = planning.plan(capture(model, args, kwargs), ClusterSpec.cpu(world),
-                              mesh={"pp": 2}, schedule="1f1b",
-                              microbatch_capture=microbatch_capture(model, args, kwargs))  # fmt: skip
-        stages = tuple(dataclasses.replace(st, recompute=_layers(st, mode)) for st in piped.stages)
-        return dataclasses.replace(piped, stages=stages)
-
-    compiled = autopar.compile(model, args, kwargs, plan=plan_on_rank0(plan))
+    compiled = autopar.compile(model, args, kwargs, plan=Plan.from_json(json.loads(plan_json)))
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
     opt = torch.optim.SGD(compiled.parameters(), lr=0.1)
     losses, ref_losses = [], []
@@ -107,9 +115,14 @@ def pipeline_recompute(rank: int, world: int, example: str, mode: str) -> dict[s
         opt.step()
         ref_losses.append(float(loss_ref.detach()))
     diffs, missing = state_diffs(compiled.full_state_dict(), ref.state_dict())
-    return {"losses": losses, "ref_losses": ref_losses, "diffs": diffs, "missing": missing,
-            "recompute": [list(st.recompute) for st in compiled.plan.stages],
-            "calls": sum(len(m.module.RECOMPUTE) for m in compiled.stages)}  # this rank's
+    return {
+        "losses": losses,
+        "ref_losses": ref_losses,
+        "diffs": diffs,
+        "missing": missing,
+        "recompute": [list(st.recompute) for st in compiled.plan.stages],
+        "calls": sum(len(m.module.RECOMPUTE) for m in compiled.stages),
+    }  # this rank's
 
 
 def _layers(stage: Any, mode: str) -> tuple[tuple[str, str], ...]:
@@ -126,7 +139,7 @@ def _layers(stage: Any, mode: str) -> tuple[tuple[str, str], ...]:
 def test_recompute_pipeline_parity(pool2, example: str, mode: str) -> None:
     from autopar.testing.pipeline_parity import check as pipeline_check
 
-    results = pool2.run(pipeline_recompute, example, mode, timeout_s=400)
+    results = pool2.run(pipeline_recompute, example, pipeline_plan(example, mode), timeout_s=400)
     for r in results:
         pipeline_check({**r, "moved": 1.0})
     assert all(results[0]["recompute"]), results[0]["recompute"]  # every stage recomputes

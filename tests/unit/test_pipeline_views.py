@@ -1,7 +1,7 @@
 """Every view of a pipeline plan (one with ``stages``) of a 70B LLaMA.
 
 The model is LLaMA 70B's layer (hidden 8192, 64 heads, 8 KV heads, MLP 28672, vocabulary
-32000, bf16 on the meta device) with 8 of its 80 blocks, so it captures in seconds; it is
+32000, bf16 on the meta device) with 4 of its 80 blocks, so it captures in seconds; it is
 planned once for this module on ``8x8xH100`` with fixed degrees ``tp=8,pp=4,dp=2``, and a
 flat plan (``tp``: TP inside a node, DP across) is made for ``autopar diff``. Then:
 ``autopar explain`` (stage count and a stage column), ``autopar explain --node`` on a
@@ -27,7 +27,7 @@ from autopar.plan import Plan
 
 pytestmark = pytest.mark.slow
 
-LAYERS = 8
+LAYERS = 4
 BATCH, SEQ = 8, 1024
 SPEC = f"{Path(__file__).resolve()}:build"
 CLUSTER = "8x8xH100"
@@ -77,6 +77,7 @@ def test_the_plan_has_four_stages(planned: dict[str, Any]) -> None:
     assert len(plan.stages) == 4 and plan.pipeline is not None
     assert plan.pipeline["num_stages"] == 4 and plan.pipeline["mesh"] == {"pp": 4, "dp": 2, "tp": 8}
     assert all(st.mesh.num_devices == 16 for st in plan.stages)
+    assert [st.source["stage"] for st in plan.stages] == [0, 1, 2, 3]
     loaded = Plan.load(planned["dir"] / "pp.json")
     assert len(loaded.stages) == 4
 
