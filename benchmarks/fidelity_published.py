@@ -464,6 +464,9 @@ def predict(run: PublishedRun) -> Result:
     plan, strategy = _plan(run, captured, mesh, cm)
     pred = plan.predicted
     step = float(getattr(pred, "step_time_s", getattr(pred, "step_s", 0.0)))
+    planned = getattr(plan, "recompute", ())  # the planner's own recomputation, if any
+    if planned and run.recompute != "none":  # it would be counted twice with ours
+        raise RuntimeError(f"{run.label}: the plan already recomputes {len(planned)} layers")
     extra = recompute_seconds(plan, build_graph(captured, mesh), cm, run.recompute)
     total = step + extra
     if run.unit == "TFLOP/s/GPU":
@@ -472,6 +475,9 @@ def predict(run: PublishedRun) -> Result:
         value = run.global_batch * run.seq / total / run.gpus
     modes = Counter(plan.param_modes().values()) if hasattr(plan, "param_modes") else {}
     how = ", ".join(f"{v} {k}" for k, v in sorted(modes.items()))
+    if planned:  # priced inside the plan's step (to fit its memory budget)
+        kinds = Counter(mode for _, mode in planned)
+        how += "; the planner recomputes " + ", ".join(f"{v} layers {k}" for k, v in kinds.items())
     return Result(
         run,
         value,
@@ -529,6 +535,7 @@ def _pipeline_breakdown(plan: Plan, cluster: ClusterSpec, step: float, bubble: f
     pp, m = info["mesh"]["pp"], info["microbatches"]
     cm = CostModel(sub_cluster(cluster, cluster.num_devices // pp), plan.mesh)
     gathers: dict[int, float] = {}
+    into_output: dict[int, float] = {}
     for sp in plan.stages:
         params = {n.name for n in sp.nodes if n.kind == "param"}
         gathers[int(sp.source["stage"])] = sum(
@@ -536,19 +543,27 @@ def _pipeline_breakdown(plan: Plan, cluster: ClusterSpec, step: float, bubble: f
             for r in sp.reshards if r.src in params
             for c in r.collectives if c.kind == "all_gather"
         )  # fmt: skip
+        into_output[int(sp.source["stage"])] = sum(
+            cm.collective_time(c.kind, c.nbytes, c.axis)
+            for r in sp.reshards if r.dst == "output"
+            for c in r.collectives
+        )  # fmt: skip
     ranks = []
     for r in range(pp):
         mine = [st for st in info["stages"] if st["rank"] == r]
         comp = m * sum(st["forward_s"] + st["backward_s"] for st in mine)
         busy = m * sum(st["predicted_s"] for st in mine)
         gath = m * sum(gathers.get(st["index"], 0.0) for st in mine)
-        ranks.append((busy, comp, gath))
-    busy, comp, gath = max(ranks)
+        out = m * sum(into_output.get(st["index"], 0.0) for st in mine)
+        ranks.append((busy, comp, gath, out))
+    busy, comp, gath, out = max(ranks)
     return (
         f"busiest rank: compute {comp:.3f} s + communication inside stages {busy - comp:.3f} s "
-        f"(of it parameter all-gathers {gath:.3f} s, {m} microbatches x {gath / m * 1e3:.1f} ms, "
-        f"before overlap credit) = {busy:.3f} s busy; bubble {bubble:.3f} s; rest (gradient "
-        f"reductions after the last backward) {max(0.0, step - busy - bubble):.3f} s"
+        f"= {busy:.3f} s busy; bubble {bubble:.3f} s; rest (gradient reductions after the "
+        f"last backward) {max(0.0, step - busy - bubble):.3f} s. In the stage plans, per "
+        f"step on that rank: parameter all-gathers {gath:.3f} s ({m} microbatches x "
+        f"{gath / m * 1e3:.1f} ms, before overlap credit), collectives into the stage output "
+        f"sink {out:.3f} s ({out / m * 1e3:.1f} ms per microbatch)"
     )
 
 
@@ -586,7 +601,8 @@ def _describe(r: Result) -> str:
 
 
 def run_published(
-    runs: tuple[PublishedRun, ...] = RUNS, echo: Callable[[str], None] = print,
+    runs: tuple[PublishedRun, ...] = RUNS,
+    echo: Callable[[str], None] = print,
     compare_auto: bool = True,
 ) -> bool:
     """Predict every published run, print the comparison, True iff all within tolerance."""

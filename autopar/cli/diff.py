@@ -74,8 +74,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from autopar.cli.plan import _console, _fmt
-    from autopar.planning.session import figures
     from autopar.placement import layout_str
+    from autopar.planning.session import figures
 
     a, b = Plan.load(args.a), Plan.load(args.b)
     if not args.force:

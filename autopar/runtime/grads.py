@@ -67,9 +67,9 @@ class GradReducer:
                 self.buckets.append(Bucket([], _group(ctx, axes), p.dtype))
             self.buckets[b].params.append(p)
         self._bucket_of: dict[int, Bucket] = {}
-        for b in self.buckets:
-            for p in b.params:
-                self._bucket_of[id(p)] = b
+        for bucket in self.buckets:
+            for p in bucket.params:
+                self._bucket_of[id(p)] = bucket
                 p.register_post_accumulate_grad_hook(self._hook)
 
     # ---- backward ----------------------------------------------------------------------

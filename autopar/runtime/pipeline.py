@@ -98,7 +98,8 @@ class PipelineModel(torch.nn.Module):
         ]  # fmt: skip
         self.schedule: Any
         if schedule == "interleaved_1f1b":
-            self.schedule = ScheduleInterleaved1F1B(pstages, microbatches, loss_fn=self._loss)
+            self.schedule = ScheduleInterleaved1F1B(list[Any](pstages), microbatches,
+                                                    loss_fn=self._loss)  # fmt: skip
         else:
             cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
             self.schedule = cls(pstages[0], microbatches, loss_fn=self._loss)
