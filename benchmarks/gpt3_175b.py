@@ -1,6 +1,6 @@
 """GPT-3 175B-shaped model for ``autopar plan benchmarks/gpt3_175b.py:build``.
 
-The 96-layer GPT-2 of ``benchmarks.pipeline_search`` (hidden 12288, 96 heads, sequence
+A 96-layer GPT-2 (hidden 12288, 96 heads, sequence
 2048, vocabulary 51200) at global batch 1536, on the meta device in bf16. A plain file
 (no dataclasses, no package imports): ``autopar plan`` loads a model file by its path.
 """

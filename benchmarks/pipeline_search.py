@@ -39,15 +39,12 @@ def _llama_70b() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
 
 
 def _gpt3_175b() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """The model file ``autopar plan benchmarks/gpt3_175b.py:build`` loads, loaded alike."""
+    from pathlib import Path
 
-    cfg = GPT2Config(n_embd=12288, n_layer=96, n_head=96, vocab_size=51200, n_positions=2048,
-                     use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     attn_implementation="sdpa", loss_type="ForCausalLM")  # fmt: skip
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(cfg).to(torch.bfloat16)
-    ids = torch.empty((1536, 2048), dtype=torch.long, device="meta")
-    return model, (), {"input_ids": ids, "labels": ids}
+    from autopar.models import resolve
+
+    return resolve(f"{Path(__file__).with_name('gpt3_175b.py')}:build")
 
 
 CASES = (
