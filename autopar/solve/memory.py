@@ -9,7 +9,10 @@ Contract (all figures are bytes held by ONE device, for a symmetric SPMD plan):
   (``solve.saved``), views excepted (they alias their input);
 - a sharded parameter gathered for an op that saves it is held until backward unless the
   parameter re-gathers in backward (``Strategy.regather``, FSDP): that copy is an edge term
-  because its size depends on the consuming op's layout.
+  because its size depends on the consuming op's layout;
+- likewise an activation moved into a larger layout for an op that saves it (Megatron-SP's
+  sequence gathered before a column-parallel projection): the edge adds the gathered
+  copy's bytes beyond the producer's value, which the producer's term already counts.
 Peak = the sum, i.e. everything saved by the forward pass is alive when backward starts.
 Transient buffers (a collective's output, one op's workspace) are not modelled: the
 budget's headroom covers them.
@@ -67,11 +70,23 @@ def node_memory(
 
 
 def held_gather_bytes(
-    src: PNode, s_src: Strategy, dst_layout: Layout, saved_slot: bool, sizes: tuple[int, ...]
+    src: PNode,
+    s_src: Strategy,
+    dst_layout: Layout,
+    saved_slot: bool,
+    sizes: tuple[int, ...],
+    idx: int = 0,
 ) -> int:
-    """A gathered parameter copy autograd keeps for backward (ZeRO-2 style), else 0."""
-    if src.kind != "param" or s_src.regather or not saved_slot:
+    """Bytes an edge's moved copy adds to what autograd keeps for backward: a gathered
+    parameter copy (ZeRO-2 style; FSDP's is freed and gathered again), or the growth of an
+    activation gathered for an op that saves it; else 0."""
+    if s_src.regather or not saved_slot:
         return 0
+    meta = src.out_metas[idx]
+    if src.kind != "param":
+        return max(
+            0, local_bytes(meta, dst_layout, sizes) - local_bytes(meta, s_src.outs[idx], sizes)
+        )
     if s_src.outs[0] == dst_layout or not any(isinstance(p, Shard) for p in s_src.outs[0]):
         return 0
-    return local_bytes(src.out_metas[0], dst_layout, sizes)
+    return local_bytes(meta, dst_layout, sizes)

@@ -24,14 +24,18 @@ import autopar
 from autopar.runtime.comm_count import CommCounter
 
 
-def build_tiny(example: str) -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+def build_tiny(
+    example: str, shape: tuple[int, int] | None = None
+) -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
     """The tiny model and batch of a bundled module (``mlp``, ``gpt2``, ``bert``, ``llama``)
-    or of a sweep architecture (``autopar.zoo.hf``), the latter with dropout set to 0."""
+    or of a sweep architecture (``autopar.zoo.hf``), the latter with dropout set to 0;
+    ``shape`` = (batch, sequence) overrides a bundled language model's default batch."""
     from autopar import zoo
     from autopar.zoo import hf
 
     if example in zoo.MODULES:
-        return zoo.module(example).build("tiny")  # type: ignore[no-any-return]
+        sizes = {} if shape is None else {"batch_size": shape[0], "seq_len": shape[1]}
+        return zoo.module(example).build("tiny", **sizes)  # type: ignore[no-any-return]
     if example in hf.NAMES:
         return hf.build(example, dropout=False)
     raise ValueError(
@@ -52,13 +56,21 @@ def _run_one(
     cluster: str | None,
     memory_budget: float | None = None,
     recompute: str | None = None,
+    plan_json: str | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    model, args, kwargs = build_tiny(example)
+    model, args, kwargs = build_tiny(example, shape)
     ref = copy.deepcopy(model)
     plan = None if recompute is None else recompute_plan(
         model, args, kwargs, strategy, recompute, memory_budget=memory_budget,
         optimizer="sgd" if optimizer == "sgd" else "adamw",
     )  # fmt: skip
+    if plan_json is not None:
+        import json
+
+        from autopar.plan import Plan
+
+        plan = Plan.from_json(json.loads(plan_json))
     compiled = autopar.compile(
         model, args, kwargs, strategy=strategy, mesh=mesh, cluster=cluster,
         memory_budget=memory_budget, optimizer="sgd" if optimizer == "sgd" else "adamw",
@@ -222,9 +234,14 @@ def train_parity(
     cluster: str | None = None,
     memory_budget: float | None = None,
     recompute: str | None = None,
+    plan_json: str | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """``plan_json`` (a saved plan, made in the caller's process) is compiled as it is;
+    ``shape`` sets the (batch, sequence) of a bundled language model."""
     return {
-        opt: _run_one(example, strategy, mesh, opt, steps, cluster, memory_budget, recompute)
+        opt: _run_one(example, strategy, mesh, opt, steps, cluster, memory_budget, recompute,
+                      plan_json, shape)  # fmt: skip
         for opt in optimizers
     }
 
