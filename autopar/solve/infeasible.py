@@ -31,8 +31,9 @@ def infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy):  # t
     choice = solve(smallest).choice
     mem = _memory_of(ctx, canon, choice)
     cm, mesh = ctx.cm, ctx.graph.mesh
+    unit, scale = _unit(min(mem.total, budget))
     parts = ", ".join(
-        f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in mem.to_json().items() if k != "total"
+        f"{k.replace('_', ' ')} {v / scale:.2f}" for k, v in mem.to_json().items() if k != "total"
     )
     state = mem.total - mem.activations
     need = -(-state * mesh.num_devices // int(budget)) if budget > 0 else 0
@@ -49,7 +50,15 @@ def infeasible(ctx, canon, problem, memory, edge_memory, budget, strategy):  # t
     fixes.append("a larger --memory-budget if the device really has more free memory")
     return PlanInfeasibleError(
         f"no plan fits in memory: the smallest plan autopar finds for strategy={strategy!r} on "
-        f"mesh {mesh}{' (recomputing every layer)' if ctx.modes else ''} needs {mem.total / GiB:.2f} GiB per device ({parts} GiB), but the "
-        f"budget is {budget / GiB:.2f} GiB per device ({cm.device.name} with "
+        f"mesh {mesh}{' (recomputing every layer)' if ctx.modes else ''} needs "
+        f"{mem.total / scale:.2f} {unit} per device ({parts} {unit}), but the budget is {budget / scale:.2f} {unit} per device ({cm.device.name} with "
         f"{cm.device.memory_bytes / GiB:.0f} GiB). Fix: use " + "; or ".join(fixes)
     )
+
+
+def _unit(smallest: float) -> tuple[str, float]:
+    """The largest binary unit in which ``smallest`` bytes still reads as 1 or more."""
+    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if smallest >= scale:
+            return unit, float(scale)
+    return "bytes", 1.0
