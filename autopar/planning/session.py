@@ -178,7 +178,9 @@ def rebuild(plan: Plan, model: str | None = None) -> tuple[Any, Any]:
     cluster = src.get("cluster")
     if cluster is not None and not isinstance(cluster, str):
         raise ValueError(f"the plan's source.cluster must be text like 8xH100, got {cluster!r}")
-    precision = src.get("precision") if src.get("precision") in ("fp32", "bf16-mixed", "bf16") else None
+    precision = (
+        src.get("precision") if src.get("precision") in ("fp32", "bf16-mixed", "bf16") else None
+    )
     captured = capture_model(spec, batch, seq, precision)
     if plan.stages:
         raise ValueError(
