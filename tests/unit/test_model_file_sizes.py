@@ -9,18 +9,18 @@ import pytest
 
 from autopar.models import resolve
 
-SIZED = '''
+SIZED = """
 import torch
 def build(batch_size=None, seq_len=None):
     b, s = batch_size or 6, seq_len or 5
     return torch.nn.Linear(4, 4), (torch.zeros(b, s, 4),)
-'''
-PLAIN = '''
+"""
+PLAIN = """
 import torch
 def build():
     x = torch.zeros(6, 5, 4)
     return torch.nn.Linear(4, 4), (x,), {"mask": torch.ones(6, 5), "scale": torch.ones(4)}
-'''
+"""
 
 
 def _file(tmp_path: Path, text: str) -> str:
