@@ -5,8 +5,9 @@ Contract: ``capture(model, args, kwargs)`` runs ``torch.export.export(strict=Fal
 allocating weights) and returns a ``Captured`` whose ``graph_module`` is the unlifted
 program: parameters and buffers are ``get_attr`` nodes named by their original FQNs,
 every tensor node has ``meta["val"]`` (shape, dtype) and ``meta["nn_module_stack"]``.
-Runtime-only nodes (shape asserts, input guards) are removed. A model that cannot be
-traced raises ``CaptureError`` naming the source line and a fix.
+Runtime-only nodes (shape asserts, input guards) are removed; no node carries a
+``meta["stack_trace"]`` (not recorded: it costs much of a deep model's export). A model
+that cannot be traced raises ``CaptureError`` naming the source line and a fix.
 
 Training-mode switches are handled here, never by editing the model or its config: when
 ``model.forward`` takes ``use_cache`` and the call does not set it, capture passes
@@ -103,7 +104,7 @@ def capture(
             "wrap a single tensor as (x,)"
         )
     try:
-        with warnings.catch_warnings(), _training_switches(model, args, kwargs):
+        with warnings.catch_warnings(), _training_switches(model, args, kwargs), _no_traces():
             warnings.simplefilter("ignore")
             exported = torch.export.export(model, args, kwargs, strict=False)
     except Exception as err:  # export raises many error types; all become one message
@@ -124,6 +125,20 @@ def capture(
         if spec.kind.name in ("BUFFER", "CONSTANT_TENSOR") and spec.target is not None
     )
     return Captured(gm, trainable, buffers, args, kwargs)
+
+
+@contextlib.contextmanager
+def _no_traces() -> Iterator[None]:
+    """torch.fx records no Python stack trace per node while exporting (a large share of
+    the export's time on a deep model; autopar never reads ``meta["stack_trace"]``)."""
+    import torch.fx.config as fx_config
+
+    before = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        fx_config.do_not_emit_stack_traces = before
 
 
 @contextlib.contextmanager

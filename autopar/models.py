@@ -4,7 +4,9 @@ Contract: ``resolve(spec, device, batch_size, seq_len)`` accepts a bundled model
 (``mlp``, ``gpt2``, ``bert``, ``llama-7b``, ``llama-70b``, each also ``<name>-tiny``, and the
 model-zoo sweep's ``hf-llama``, ``hf-t5``, ...: see ``autopar.zoo``) or
 ``path/to/file.py:function`` where the function returns ``(model, args)`` or
-``(model, args, kwargs)``. The bundled models ship inside the package (``autopar.zoo``), so
+``(model, args, kwargs)``; it is called with ``batch_size=`` / ``seq_len=`` when those are
+given and it takes them, and a batch size it does not take cuts its inputs to their
+first ``batch_size`` samples (dim 0; more than it builds is refused). The bundled models ship inside the package (``autopar.zoo``), so
 they resolve from any working directory, after an editable or a regular install, and in a
 program run by torchrun. A user's file is loaded by its path (relative to the working
 directory). Unknown names raise ValueError listing what is accepted.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -50,13 +53,54 @@ def resolve(
     module = _load(path, f"autopar_user_{path.stem}")
     if not hasattr(module, fn):
         raise ValueError(f"{file} has no function {fn!r}; define it or name another one")
-    out = getattr(module, fn)()
+    builder = getattr(module, fn)
+    sizes = {k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len))
+             if v is not None and _takes(builder, k)}  # fmt: skip
+    out = builder(**sizes)
     if not isinstance(out, tuple) or len(out) not in (2, 3):
         raise ValueError(
             f"{spec} returned {type(out).__name__}, but it must return (model, args) or "
             "(model, args, kwargs)"
         )
-    return out[0], tuple(out[1]), dict(out[2]) if len(out) == 3 else {}
+    args, kwargs = tuple(out[1]), dict(out[2]) if len(out) == 3 else {}
+    if batch_size is not None and "batch_size" not in sizes:
+        args, kwargs = _first_samples(spec, args, kwargs, batch_size)
+    return out[0], args, kwargs
+
+
+def _takes(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _first_samples(spec: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   batch_size: int) -> tuple[tuple[Any, ...], dict[str, Any]]:  # fmt: skip
+    """The inputs cut to their first ``batch_size`` samples (dim 0 of every input whose
+    dim 0 is the batch: that of the first tensor input with a dim)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    leaves = [t for t in pytree.tree_leaves((args, kwargs))
+              if isinstance(t, torch.Tensor) and t.dim() > 0]  # fmt: skip
+    if not leaves or int(leaves[0].shape[0]) == batch_size:
+        return args, kwargs
+    batch = int(leaves[0].shape[0])
+    if batch_size > batch:
+        raise ValueError(
+            f"{spec} builds inputs of batch {batch}, fewer than the batch size {batch_size} "
+            "asked for; give the function a batch_size parameter (autopar passes it), or ask "
+            f"for at most {batch}"
+        )
+
+    def cut(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and int(x.shape[0]) == batch:
+            return x[:batch_size]
+        return x
+
+    return pytree.tree_map(cut, args), pytree.tree_map(cut, kwargs)
 
 
 class UserCodeError(ValueError):
@@ -126,7 +170,7 @@ def user_code_error(err: BaseException, spec: str) -> UserCodeError | None:
     f = frames[-1]
     return UserCodeError(
         f"building the model with {spec} failed: {type(err).__name__}: {err} (raised at "
-        f"{f.filename}:{f.lineno} in {f.name}). autopar calls {fn}() with no arguments and "
-        "needs it to return (model, args) or (model, args, kwargs); fix the function and "
+        f"{f.filename}:{f.lineno} in {f.name}). autopar calls {fn}() (with batch_size= / seq_len= when it takes them "
+        "and they are given) and needs it to return (model, args) or (model, args, kwargs); fix the function and "
         "run again"
     )

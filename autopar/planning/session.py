@@ -3,9 +3,11 @@
 Contract (used by every CLI command, ``autopar emit`` and the benchmarks):
 - ``Request`` holds how a plan is made (model spec, cluster, strategy, mesh text, batch,
   sequence, memory budget, profile path, precision). ``make(request)`` checks every option,
-  builds the model on the meta device (``capture_model``), plans it with the one entry
-  (``autopar.planning.plan``; stage graphs re-captured at the microbatch shape, so they
-  run) and returns ``(plan, captured)`` with ``plan.source`` recording the request, so
+  builds the model on the meta device and captures it (``capture_model``), plans it with
+  the one entry (``autopar.planning.plan``); the stage graphs are that capture re-batched
+  to the microbatch (``pipeline.rebatch``: the nodes, names and shapes a capture at the
+  microbatch has, since torch.export specializes only size 1), captured again at a
+  microbatch of 1 or where re-batching fails; and returns ``(plan, captured)`` with ``plan.source`` recording the request, so
   ``rebuild(plan, model=None)`` can redo it: only a bundled model is rebuilt from what a
   plan names, a user's file only when the user names it (``model``); the plan is checked
   against the rebuilt graph (``plan_check.check_against``) before anything uses it.
@@ -119,6 +121,11 @@ def make(req: Request, captured: Any = None) -> tuple[Plan, Any]:
     batch, seq = _sizes(captured)
 
     def at_microbatch(m: int) -> Any:
+        from autopar.pipeline.rebatch import RebatchError, rebatch
+
+        if m > 1 and (batch or 0) > 1:  # torch specializes size 1 only: same graph as a capture
+            with contextlib.suppress(RebatchError):
+                return rebatch(captured, m)
         return capture_model(req.model, m, req.seq_len or seq, req.precision)
 
     result = plan(captured, cluster, strategy=req.strategy, mesh=mesh,
@@ -171,7 +178,9 @@ def rebuild(plan: Plan, model: str | None = None) -> tuple[Any, Any]:
     cluster = src.get("cluster")
     if cluster is not None and not isinstance(cluster, str):
         raise ValueError(f"the plan's source.cluster must be text like 8xH100, got {cluster!r}")
-    precision = src.get("precision") if src.get("precision") in ("fp32", "bf16-mixed", "bf16") else None
+    precision = (
+        src.get("precision") if src.get("precision") in ("fp32", "bf16-mixed", "bf16") else None
+    )
     captured = capture_model(spec, batch, seq, precision)
     if plan.stages:
         raise ValueError(

@@ -125,6 +125,7 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
     edges: list[Edge] = []
     alias: dict[str, tuple[str, int]] = {}
     unknown: list[str] = []
+    memo: dict[object, list[Strategy]] = {}  # repeated layers' ops enumerated once
 
     def source(n: fx.Node) -> tuple[str, int]:
         return alias.get(n.name, (n.name, 0))
@@ -168,7 +169,7 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
             family, rule = registry.lookup(node.target, op)
             if family == "unknown":
                 unknown.append(registry.unknown_name(node.target, op))
-            strategies = node_strategies(op, sizes, rule)
+            strategies = node_strategies(op, sizes, rule, memo)
             inputs = [source(s) for s in slots]
             grad = any(nodes[p].requires_grad for p, _ in inputs if p in nodes) and any(
                 m is not None and m.is_float for m in metas

@@ -74,7 +74,20 @@ def _trivial(s: AxisStrategy) -> bool:
     return all(p is None or isinstance(p, Replicate) for p in (*s.ins, *s.outs))
 
 
-def node_strategies(op: OpView, sizes: tuple[int, ...], rule: Rule) -> list[Strategy]:
+def node_strategies(op: OpView, sizes: tuple[int, ...], rule: Rule,
+                    memo: dict[object, list[Strategy]] | None = None) -> list[Strategy]:  # fmt: skip
+    """The node's strategies; ``memo`` (one graph's, kept by the caller) holds them per
+    op, its non-tensor arguments and tensor metadata, so a repeated layer's ops are
+    enumerated once (a fresh list per node: a preset replaces a node's list)."""
+    if memo is None:
+        return _enumerate(op, sizes, rule)
+    key = (op.target, repr(op.args), repr(op.kwargs), op.inputs, op.outputs, sizes, rule)
+    if key not in memo:
+        memo[key] = _enumerate(op, sizes, rule)
+    return list(memo[key])
+
+
+def _enumerate(op: OpView, sizes: tuple[int, ...], rule: Rule) -> list[Strategy]:
     per_axis = [rule(op, n) for n in sizes]
     # an axis of size 1 splits nothing: only its replicated strategy is worth a variable
     per_axis = [
