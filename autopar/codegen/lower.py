@@ -100,9 +100,9 @@ class ProgramIR:
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # explicit, per step
     input_meta: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # global
     output_meta: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # global
-    input_layouts: list[str] = field(default_factory=list)  # as each input arrives
     recomputed: dict[str, int] = field(default_factory=dict)  # issued again in backward
     recompute: dict[str, str] = field(default_factory=dict)  # layer path -> mode
+    input_layouts: list[str] = field(default_factory=list)  # as each input arrives
 
 
 def _target_text(target: Any) -> str:

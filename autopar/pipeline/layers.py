@@ -30,9 +30,9 @@ import torch
 from autopar.capture import Captured
 from autopar.mesh import MeshSpec
 from autopar.pipeline.partition import Units, find_units, module_path
+from autopar.pipeline.pricing import LayerCost, plan_for_pipeline
 from autopar.pipeline.rebatch import batch_of, rebatch
 from autopar.pipeline.split import split_stages
-from autopar.pipeline.pricing import LayerCost, plan_for_pipeline
 from cost_models import ClusterSpec, CostModel
 
 NO_BUDGET = float(1 << 62)

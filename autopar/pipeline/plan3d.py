@@ -45,7 +45,6 @@ import torch
 from autopar.capture import Captured
 from autopar.mesh import MeshSpec
 from autopar.pipeline.layers import LayerCost, LayerPricer
-from autopar.pipeline.pricing import exposed
 from autopar.pipeline.partition import (
     InfeasibleError,
     Partition,
@@ -53,6 +52,7 @@ from autopar.pipeline.partition import (
     module_path,
     partition,
 )
+from autopar.pipeline.pricing import exposed
 from autopar.pipeline.rebatch import RebatchError, batch_of
 from autopar.pipeline.schedule import make_schedule, simulate
 from autopar.pipeline.search import search_3d
@@ -341,8 +341,7 @@ def to_plan(ranked: Ranked, captured: Captured, cluster: ClusterSpec) -> Plan:
     # the busiest rank's compute: every stage it holds (interleaved: ``chunks`` of them)
     per_stage = [sum(c.compute_s for c in best.costs[i:j]) for i, j in best.bounds]
     compute = best.microbatches * max(
-        sum(per_stage[s] for s in range(len(per_stage)) if s % best.pp == r)
-        for r in range(best.pp)
+        sum(per_stage[s] for s in range(len(per_stage)) if s % best.pp == r) for r in range(best.pp)
     )
     worst = max(range(best.pp), key=lambda r: best.stage_memory[r])
     memory = _memory_breakdown(best, worst)

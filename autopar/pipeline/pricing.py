@@ -137,9 +137,7 @@ def plan_for_pipeline(
                 raise
             continue  # the replicated variant does not fit (or cannot shard an input)
         cost = layer_cost(plan, cm, runtime_modes(graph, plan))
-        if best is None or cost.step_price(microbatches, cm) < best[1].step_price(
-            microbatches, cm
-        ):
+        if best is None or cost.step_price(microbatches, cm) < best[1].step_price(microbatches, cm):
             best = (plan, cost)
     assert best is not None
     return best

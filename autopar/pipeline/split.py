@@ -147,8 +147,16 @@ def split_stages(captured: Captured, units: Units, bounds: tuple[tuple[int, int]
         stages.append(
             StageGraph(
                 s,
-                Captured(sgm, sparams, sbufs, vals, {}, whole_outputs=s != last,
-                         input_grads=s > 0, stage_batch=batch),
+                Captured(
+                    sgm,
+                    sparams,
+                    sbufs,
+                    vals,
+                    {},
+                    whole_outputs=s != last,
+                    input_grads=s > 0,
+                    stage_batch=batch,
+                ),
                 inputs,
                 outputs,
                 (i, j),

@@ -28,7 +28,7 @@ import torch.fx as fx
 
 from autopar.capture import Captured
 from autopar.mesh import MeshSpec
-from autopar.placement import R, Layout, Shard
+from autopar.placement import Layout, R, Shard
 from autopar.strategies.enumerate import free_strategies, node_strategies
 from autopar.strategies.registry import Registry, op_name
 from autopar.strategies.types import Arg, OpView, Strategy, TensorMeta
