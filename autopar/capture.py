@@ -46,10 +46,14 @@ class Captured:
     buffer_names: tuple[str, ...]
     example_args: tuple[Any, ...]
     example_kwargs: dict[str, Any]
-    # plan every output replicated (a pipeline stage sends them); False: only the loss
+    # plan every output in the stage boundary layout (a pipeline stage sends them:
+    # solve.graph.boundary_layout); False: only the loss (replicated)
     whole_outputs: bool = False
-    # the inputs carry gradients back (a pipeline stage after the first)
+    # the inputs carry gradients back and arrive in the boundary layout (a pipeline stage
+    # after the first)
     input_grads: bool = False
+    # a pipeline stage's microbatch: the dim-0 size its boundary layout splits over "dp"
+    stage_batch: int = 0
 
 
 _LINE = re.compile(

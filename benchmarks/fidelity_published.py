@@ -45,9 +45,9 @@ How a prediction is made (the same rules for every run, no per-run factors):
   once. Gradient reductions after the last backward are the planner's (its default
   overlap: ``plan()`` takes no cost model, so Megatron's no-overlap cannot be imposed on
   pipelined rows; flat rows keep overlap 0). The layer ILPs of the 3D search get a longer
-  solver time limit (``LAYER_TIME_LIMIT``) than ``LayerPricer``'s default of 3 s: on a
-  loaded machine HiGHS can hit 3 s without an incumbent, which the search reports as "no
-  plan fits the memory budget" (a solver limit, not a price: the predictions are the same
+  solver time limit (``LAYER_TIME_LIMIT``) than ``LayerPricer``'s default of 3 s, so that
+  on a loaded machine HiGHS still reaches the optimum (a time-out without any plan is
+  solved again with a longer limit by the pricer itself; the predictions are the same
   whenever both limits find the optimum).
 - the last pipelined row is also planned with ``strategy="auto"`` on the same cluster and
   budget (the whole search); its predicted step (before recomputation, which the search
@@ -527,8 +527,9 @@ def _predict_pipelined(run: PublishedRun, captured: Any, start: float) -> Result
 
 def _pipeline_breakdown(plan: Plan, cluster: ClusterSpec, step: float, bubble: float) -> str:
     """Where the busiest rank's step goes: compute, communication inside the stage times
-    (paid every microbatch; of it, the parameter all-gathers of the stage plans), the
-    bubble, and the rest (the gradient reductions after the last backward)."""
+    (paid every microbatch), and the rest of the step (the bubble, with the gradient
+    reductions and optimizer step after the last backward); of the stage plans, the
+    collectives into the stage output sink per microbatch (the boundary layout)."""
     from autopar.pipeline.layers import sub_cluster
 
     info = plan.pipeline or {}
@@ -559,11 +560,12 @@ def _pipeline_breakdown(plan: Plan, cluster: ClusterSpec, step: float, bubble: f
     busy, comp, gath, out = max(ranks)
     return (
         f"busiest rank: compute {comp:.3f} s + communication inside stages {busy - comp:.3f} s "
-        f"= {busy:.3f} s busy; bubble {bubble:.3f} s; rest (gradient reductions after the "
-        f"last backward) {max(0.0, step - busy - bubble):.3f} s. In the stage plans, per "
-        f"step on that rank: parameter all-gathers {gath:.3f} s ({m} microbatches x "
-        f"{gath / m * 1e3:.1f} ms, before overlap credit), collectives into the stage output "
-        f"sink {out:.3f} s ({out / m * 1e3:.1f} ms per microbatch)"
+        f"= {busy:.3f} s busy; bubble and tail (gradient reductions, optimizer) "
+        f"{max(0.0, step - busy):.3f} s. In the stage plans, per step on that rank: "
+        f"parameter all-gather volume {gath:.3f} s if issued every microbatch ({m} x "
+        f"{gath / m * 1e3:.1f} ms; FSDP2 keeps zero2 gathers through the schedule), "
+        f"collectives into the stage output sink {out:.3f} s ({out / m * 1e3:.1f} ms per "
+        f"microbatch)"
     )
 
 
@@ -584,7 +586,7 @@ def _describe(r: Result) -> str:
             f"({per_gpu:.0f} tokens/GPU/step)",
             *([f"  pipeline:  {r.pipeline}"] if r.pipeline else []),
             (
-                f"  predicted: plan compute {r.compute_s:.3f} s (its largest stage x microbatches), bubble "
+                f"  predicted: plan compute {r.compute_s:.3f} s (busiest rank, all microbatches), bubble "
                 f"{r.bubble_s:.3f} s, other exposed communication "
                 f"{max(0.0, r.exposed_s - r.bubble_s):.3f} s"
                 if r.pipeline

@@ -6,7 +6,9 @@ says, and nothing is decided later:
   its producer's (or whose gradient must come back in another layout) a
   ``rt.reshard(x, axes, fwd, bwd)`` statement issues exactly the plan's collectives
   (``runtime.collectives.plan_steps``; layouts it cannot express go through
-  ``rt.general_reshard``); graph inputs arrive whole on every rank and are sliced locally;
+  ``rt.general_reshard``); graph inputs arrive whole on every rank and are sliced locally,
+  except in a pipeline stage that receives them: there they arrive in the stage boundary
+  layout (``solve.graph.arrival_layout``; ``ProgramIR.input_layouts``);
 - shape arguments of view/reshape/expand become local shapes; ops whose strategy names a
   kernel call it (``rt.vocab_embedding``, ``rt.sharded_cross_entropy``);
 - each parameter gets a mode (``ParamIR``): "replicated" or "sharded" (used where it is
@@ -19,7 +21,8 @@ says, and nothing is decided later:
   is called through ``rt.recompute`` (``codegen.recompute``), and the forward collectives
   it issues again in backward are ``ProgramIR.recomputed``;
 - outputs are returned local with their layouts (``ProgramIR.output_layouts``); only the
-  loss is planned replicated, other outputs are made whole by the caller on demand.
+  loss is planned replicated (a pipeline stage's outputs: the boundary layout), other
+  outputs are made whole by the caller on demand.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from autopar.placement import Layout, Partial, R, Replicate, Shard, layout_str, 
 from autopar.plan import NodePlan, Plan, PlanError
 from autopar.runtime.collectives import grad_layout as grad_of_layout
 from autopar.runtime.collectives import plan_steps
-from autopar.solve.graph import input_slots
+from autopar.solve.graph import arrival_layout, input_slots, tensor_meta
 
 SIZE_ARG_OPS = {"view", "_unsafe_view", "reshape", "expand"}
 _SHORT = {"all_reduce": "ar", "all_gather": "ag", "reduce_scatter": "rs", "chunk": "sl",
@@ -99,6 +102,7 @@ class ProgramIR:
     output_meta: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # global
     recomputed: dict[str, int] = field(default_factory=dict)  # issued again in backward
     recompute: dict[str, str] = field(default_factory=dict)  # layer path -> mode
+    input_layouts: list[str] = field(default_factory=list)  # as each input arrives
 
 
 def _target_text(target: Any) -> str:
@@ -209,8 +213,15 @@ class _Lowering:
         src, idx = self.source(n)
         np_ = self.node_plan(src)
         if np_.kind == "input":
-            return tuple(R for _ in self.sizes)
+            return self.arrival(n)
         return np_.outs[idx]
+
+    def arrival(self, n: fx.Node) -> Layout:
+        """The layout graph input ``n`` reaches the program in (``solve.graph``)."""
+        meta = tensor_meta(n.meta.get("val"))
+        if meta is None:
+            return tuple(R for _ in self.sizes)
+        return arrival_layout(self.captured, meta, self.names, self.sizes)
 
     def fresh(self, base: str) -> str:
         name = base
@@ -536,7 +547,8 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
                      {ph: dict(c) for ph, c in lw.collectives.items()},
                      [_meta(n) for n in nodes if n.op == "placeholder"],
                      [_meta(a) for a in leaves], rec.counts(),
-                     {p: rec.mode(p) for p in paths if rec.mode(p) != "none"})  # fmt: skip
+                     {p: rec.mode(p) for p in paths if rec.mode(p) != "none"},
+                     [_lay(lw.arrival(n)) for n in nodes if n.op == "placeholder"])  # fmt: skip
 
 
 def _stage_boundary(leaves: list[fx.Node], outs: list[str]) -> list[str]:

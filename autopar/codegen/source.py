@@ -175,6 +175,8 @@ def write_source(
         "# global (shape, dtype) of each input and output (what a pipeline stage receives/sends)",
         f"INPUT_META = {tuple(ir.input_meta)!r}",
         f"OUTPUT_META = {tuple(ir.output_meta)!r}",
+        "# the layout each input arrives in (a received pipeline stage input: its piece)",
+        f"INPUT_LAYOUTS = {tuple(ir.input_layouts)!r}",
     ]
     head += [f"# {note}" for note in ir.notes]
     head += _params_table(ir)

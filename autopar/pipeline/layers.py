@@ -7,27 +7,22 @@ of a 70B model are one kind, plus the embedding unit and the head (``split_head`
 the ops after the last block a unit of their own, so the last block is a plain block).
 ``price(kind, dp, tp, micro_batch, budget)`` plans one representative unit of the kind
 (cut out by ``split.split_stages`` once, and ``rebatch``-ed to ``micro_batch``, the
-microbatch across the stage's ``dp`` replicas) with the ordinary ILP planner
-(``make_plan``, strategy "auto") on the submesh ``{"dp": dp, "tp": tp}`` (size-1 axes
-dropped) with the cost model of the devices that submesh occupies (``sub_cluster``: the
-stage's ``dp * tp`` devices fill whole nodes or a part of one node, tp innermost) and a
-memory budget (None: unconstrained) and caches the result per key. Each layer ILP
-runs under ``time_limit`` seconds (HiGHS returns its best plan so far; a memory-bound
-2D submesh can otherwise take tens of seconds). ``PlanInfeasibleError``
-propagates. The ``LayerCost`` it returns splits the plan's prices by how often a
-pipeline step pays them:
-- ``micro_s``: per microbatch: compute + activation communication + parameter gathers
-  not hidden under the unit's compute (``cm.overlap``);
-- ``grad_s``: per step: gradient reductions (collectives on parameter edges other than
-  gathers), paid once after the last microbatch;
-- ``state_bytes``: parameters, gradients, optimizer state, master weights per device;
-- ``act_bytes``: activations saved by one microbatch per device.
+microbatch across the stage's ``dp`` replicas; its inputs arrive and its outputs leave in
+the stage boundary layout, ``solve.graph.boundary_layout``, so units planned one by one
+chain without a relayout between them and a stage of them is a plan the stage's own ILP
+can only improve on) with the ordinary ILP planner (``make_plan``) on the submesh
+``{"dp": dp, "tp": tp}`` (size-1 axes dropped) with the cost model of the devices that
+submesh occupies (``sub_cluster``: the stage's ``dp * tp`` devices fill whole nodes or a
+part of one node, tp innermost) and a memory budget (None: unconstrained) and caches the
+result per key, planned by ``pricing.plan_for_pipeline`` (strategy "auto", or the
+parameters replicated over ``dp`` where that is cheaper for a step of ``m = batch /
+micro_batch`` microbatches; each ILP under ``time_limit`` seconds, longer when it runs
+out of time without a plan) and priced as a ``pricing.LayerCost`` (per microbatch, per
+step, memory). ``PlanInfeasibleError`` propagates.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,23 +30,13 @@ import torch
 from autopar.capture import Captured
 from autopar.mesh import MeshSpec
 from autopar.pipeline.partition import Units, find_units, module_path
+from autopar.pipeline.pricing import LayerCost, plan_for_pipeline
 from autopar.pipeline.rebatch import batch_of, rebatch
 from autopar.pipeline.split import split_stages
-from autopar.plan import Plan
 from cost_models import ClusterSpec, CostModel
 
 NO_BUDGET = float(1 << 62)
-_GATHERS = ("all_gather",)
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    micro_s: float
-    grad_s: float
-    state_bytes: float
-    act_bytes: float
-    compute_s: float
-    plan: Plan = field(repr=False, compare=False)
+__all__ = ["NO_BUDGET", "LayerCost", "LayerPricer", "split_head", "sub_cluster", "submesh"]
 
 
 def submesh(dp: int, tp: int) -> MeshSpec:
@@ -212,37 +197,12 @@ class LayerPricer:
         return self._cache[key]
 
     def _solve(self, kind: int, dp: int, tp: int, mb: int, budget: float | None) -> LayerCost:
-        from autopar.solve.planner import make_plan
-
         mesh = submesh(dp, tp)
         cm = CostModel(sub_cluster(self.cluster, dp * tp), mesh)
-        graph = self.graph_at(kind, mb)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plan = make_plan(graph, mesh, "auto", cm, self.time_limit,
-                             memory_budget=budget if budget is not None else NO_BUDGET,
-                             optimizer=self.optimizer, precision=self.precision)  # fmt: skip
+        plan, cost = plan_for_pipeline(
+            self.graph_at(kind, mb), mesh, cm, "auto", max(1, self.batch // mb),
+            budget=budget if budget is not None else NO_BUDGET, optimizer=self.optimizer,
+            precision=self.precision, time_limit=self.time_limit,
+        )  # fmt: skip
         self.plans_solved += 1
-        return layer_cost(plan, cm)
-
-
-def layer_cost(plan: Plan, cm: CostModel) -> LayerCost:
-    """Split a unit's plan into per-microbatch and per-step prices (module docstring)."""
-    params = {n.name for n in plan.nodes if n.kind == "param"}
-    gather = grad = 0.0
-    for r in plan.reshards:
-        if r.src not in params:
-            continue
-        for c in r.collectives:
-            t = cm.collective_time(c.kind, c.nbytes, c.axis)
-            if c.kind in _GATHERS:
-                gather += t
-            else:
-                grad += t
-    pred = plan.predicted
-    activation_comm = max(0.0, pred.comm_s - gather - grad)
-    micro = pred.compute_s + activation_comm + max(0.0, gather - cm.overlap * pred.compute_s)
-    mem = pred.memory or {}
-    act = float(mem.get("activations", 0))
-    total = float(mem.get("total", pred.memory_per_device_bytes))
-    return LayerCost(micro, grad, total - act, act, pred.compute_s, plan)
+        return cost

@@ -17,15 +17,17 @@ are the runners-up). ``captured`` is the full model at the GLOBAL batch.
    per stage = state + activations x microbatches the schedule holds in flight
    (``in_flight``) + received inputs, under the device budget); ``schedule.simulate``
    gives the step of GPipe, 1F1B and (when ``m % pp == 0`` and there are at least
-   ``2 pp`` units) interleaved 1F1B with 2 chunks; each rank's gradient reductions
-   start when its last backward ends and hide under ``overlap`` x one microbatch of its
-   compute; the even cut is simulated too and wins when it is faster. When no schedule
+   ``2 pp`` units) interleaved 1F1B with 2 chunks; each rank's once-per-step
+   collectives (``LayerCost.step_comm_s``: gradient reductions, FSDP2 gathers) are priced
+   after its last backward, overlapping one microbatch of its compute as the planner
+   prices overlap (``layers.exposed``), then its optimizer step; the even cut is simulated too and wins when it is faster. When no schedule
    fits, the layers are re-planned under a per-layer budget
    (the device budget / layers per stage, then 1/2, 1/4, 1/8 of it, until the ILP finds
    no plan), so the ILP trades speed for memory where it must.
 ``to_plan(ranked, captured, cluster)`` turns the best candidate into a ``Plan``: the
 intra-op plan of the representative block on its submesh, with ``predicted`` for the
-whole pipeline step and ``pipeline`` = {"mesh", "schedule", "microbatches", "chunks",
+whole pipeline step (``compute_s``: the busiest rank's compute over every stage it holds,
+all microbatches; ``comm_s`` = ``exposed_comm_s``: the rest of the step) and ``pipeline`` = {"mesh", "schedule", "microbatches", "chunks",
 "num_stages", "stages": [{"index", "rank", "units", "modules", "layers", "forward_s",
 "backward_s", "comm_s", "memory_bytes", "predicted_s"}], "predicted_step_s",
 "predicted_bubble", "peak_in_flight", "runners_up": [...]}.
@@ -50,6 +52,7 @@ from autopar.pipeline.partition import (
     module_path,
     partition,
 )
+from autopar.pipeline.pricing import exposed
 from autopar.pipeline.rebatch import RebatchError, batch_of
 from autopar.pipeline.schedule import make_schedule, simulate
 from autopar.pipeline.search import search_3d
@@ -220,7 +223,7 @@ def price_mesh(pricer: LayerPricer, cluster: ClusterSpec, pp: int, dp: int, tp: 
         except RebatchError:  # a layer's graph does not re-trace at this microbatch size
             return out
         costs = tuple(by_kind[pricer.kind_of[u]] for u in range(n))
-        got = [_evaluate(costs, bnd, send, cm.overlap, pp, dp, tp, m, s, v, budget, level,
+        got = [_evaluate(costs, bnd, send, cm, pp, dp, tp, m, s, v, budget, level,
                          uniform) for s, v in kinds]  # fmt: skip
         got = [c for c in got if c is not None]
         out += got
@@ -234,12 +237,12 @@ def _even(n: int, stages: int) -> tuple[tuple[int, int], ...]:
     return tuple(zip(edges, edges[1:]))
 
 
-def _evaluate(costs, bnd, send, overlap, pp, dp, tp, m, sched, v, budget, level, uniform):  # type: ignore[no-untyped-def]
+def _evaluate(costs, bnd, send, cm, pp, dp, tp, m, sched, v, budget, level, uniform):  # type: ignore[no-untyped-def]
     n = len(costs)
-    pre = {"t": [0.0], "state": [0.0], "act": [0.0], "grad": [0.0], "comp": [0.0]}
+    pre = {"t": [0.0], "state": [0.0], "act": [0.0], "grad": [0.0], "comp": [0.0], "opt": [0.0]}
     for c in costs:
         for key, x in (("t", c.micro_s), ("state", c.state_bytes), ("act", c.act_bytes),
-                       ("grad", c.grad_s), ("comp", c.compute_s)):  # fmt: skip
+                       ("grad", c.step_comm_s), ("comp", c.compute_s), ("opt", c.optimizer_s)):  # fmt: skip
             pre[key].append(pre[key][-1] + x)
 
     def span(key: str, i: int, j: int) -> float:
@@ -266,17 +269,17 @@ def _evaluate(costs, bnd, send, overlap, pp, dp, tp, m, sched, v, budget, level,
             return None
         part = partition(n, stages, m, lambda i, j: span("t", i, j), p2p=send)
     if uniform:
-        return _finish(part, pre, costs, bnd, overlap, pp, dp, tp, m, sched, v, budget, level)
+        return _finish(part, pre, costs, bnd, cm, pp, dp, tp, m, sched, v, budget, level)
     # the DP minimises the pipeline bound; the simulated step (p2p, gradient tails) can
     # still favour the even cut: keep whichever is better, so no even grid beats us
-    even = _evaluate(costs, bnd, send, overlap, pp, dp, tp, m, sched, v, budget, level, True)
-    ours = _finish(part, pre, costs, bnd, overlap, pp, dp, tp, m, sched, v, budget, level)
+    even = _evaluate(costs, bnd, send, cm, pp, dp, tp, m, sched, v, budget, level, True)
+    ours = _finish(part, pre, costs, bnd, cm, pp, dp, tp, m, sched, v, budget, level)
     if even is not None and (even.fits, -even.step_s) > (ours.fits, -ours.step_s):
         return even
     return ours
 
 
-def _finish(part, pre, costs, bnd, overlap, pp, dp, tp, m, sched, v, budget, level):  # type: ignore[no-untyped-def]
+def _finish(part, pre, costs, bnd, cm, pp, dp, tp, m, sched, v, budget, level):  # type: ignore[no-untyped-def]
     """Simulate a cut: step (with each rank's gradient tail), bubble, memory per rank."""
 
     def span(key: str, i: int, j: int) -> float:
@@ -291,7 +294,8 @@ def _finish(part, pre, costs, bnd, overlap, pp, dp, tp, m, sched, v, budget, lev
         mine = [part.bounds[s] for s in range(stages) if s % pp == r]
         grad = sum(span("grad", i, j) for i, j in mine)
         comp = sum(span("comp", i, j) for i, j in mine)
-        step = max(step, sim.finish_s[r] + max(0.0, grad - overlap * comp))
+        opt = sum(span("opt", i, j) for i, j in mine)
+        step = max(step, sim.finish_s[r] + exposed(cm, grad, comp) + opt)
         act = max(span("act", i, j) + (bnd[i - 1] if i else 0.0) for i, j in mine)
         mem.append(sum(span("state", i, j) for i, j in mine) + sim.peak_in_flight[r] * act)
     busy = max(sim.busy_s)
@@ -334,8 +338,11 @@ def to_plan(ranked: Ranked, captured: Captured, cluster: ClusterSpec) -> Plan:
     tokens = next((int(nd.meta["val"].numel()) for nd in captured.graph_module.graph.nodes
                    if nd.op == "placeholder" and isinstance(nd.meta.get("val"), torch.Tensor)
                    and not nd.meta["val"].is_floating_point()), 0)  # fmt: skip
-    compute = max(sum(c.compute_s for c in best.costs[i:j]) for i, j in best.bounds)
-    compute *= best.microbatches
+    # the busiest rank's compute: every stage it holds (interleaved: ``chunks`` of them)
+    per_stage = [sum(c.compute_s for c in best.costs[i:j]) for i, j in best.bounds]
+    compute = best.microbatches * max(
+        sum(per_stage[s] for s in range(len(per_stage)) if s % best.pp == r) for r in range(best.pp)
+    )
     worst = max(range(best.pp), key=lambda r: best.stage_memory[r])
     memory = _memory_breakdown(best, worst)
     predicted = dataclasses.replace(

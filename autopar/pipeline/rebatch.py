@@ -139,4 +139,5 @@ def rebatch(captured: Captured, batch: int) -> Captured:
         {},
         whole_outputs=captured.whole_outputs,
         input_grads=captured.input_grads,
+        stage_batch=batch if captured.stage_batch == old else captured.stage_batch,
     )

@@ -10,7 +10,10 @@ runtime (``DistributedModel``) take unchanged:
   returns the original graph's output leaves, in order (``out_spec`` rebuilds them);
 - ``const`` nodes (``partition.find_units``) and buffers are copied into every stage
   that reads them; a parameter read by several stages (tied embeddings) is referenced
-  by each, under its original FQN, and listed in ``shared_params``.
+  by each, under its original FQN, and listed in ``shared_params``;
+- each stage's ``Captured`` has ``stage_batch`` = the graph's batch (``rebatch.batch_of``):
+  a stage after the first receives its inputs, and every stage but the last sends its
+  outputs, in ``solve.graph.boundary_layout`` (split over ``dp`` on that batch dim).
 Every node keeps its name and ``meta`` (``val``, ``nn_module_stack``).
 """
 
@@ -24,6 +27,7 @@ import torch.fx as fx
 
 from autopar.capture import Captured
 from autopar.pipeline.partition import Units
+from autopar.pipeline.rebatch import batch_of
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def split_stages(captured: Captured, units: Units, bounds: tuple[tuple[int, int]
             if produced.get(a.name) is not None:
                 last_use[a.name] = max(last_use.get(a.name, -1), s)
     order = {n.name: i for i, n in enumerate(nodes)}
+    batch = batch_of(captured)  # what the schedule splits into microbatches
     params = set(captured.param_names)
     readers: dict[str, set[int]] = {}
     stages: list[StageGraph] = []
@@ -142,7 +147,16 @@ def split_stages(captured: Captured, units: Units, bounds: tuple[tuple[int, int]
         stages.append(
             StageGraph(
                 s,
-                Captured(sgm, sparams, sbufs, vals, {}, whole_outputs=s != last, input_grads=s > 0),
+                Captured(
+                    sgm,
+                    sparams,
+                    sbufs,
+                    vals,
+                    {},
+                    whole_outputs=s != last,
+                    input_grads=s > 0,
+                    stage_batch=batch,
+                ),
                 inputs,
                 outputs,
                 (i, j),

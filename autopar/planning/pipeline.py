@@ -10,7 +10,8 @@ Contract:
   the 3D search (``pipeline.plan3d.search``) into a ``Plan`` that describes the whole
   program: ``stages`` holds one full ``Plan`` per stage (every node, its reshards, its
   parameter modes, on the stage submesh ``dp x tp``, solved by the ordinary ILP under the
-  device budget less the activations the schedule keeps in flight), ``nodes`` and
+  device budget less the activations the schedule keeps in flight, chosen for the whole
+  step of microbatches as the layers were: ``pipeline.pricing.plan_for_pipeline``), ``nodes`` and
   ``reshards`` are their union (a node copied into several stages — a constant, a tied
   weight, a received boundary value — once, as the first stage has it, with the reshards
   between nodes kept from the same stage), ``pipeline`` the schedule record (``plan3d.to_plan``: mesh, schedule,
@@ -71,7 +72,7 @@ def pipeline_plan(
 ) -> Plan:
     from autopar.pipeline.layers import sub_cluster
     from autopar.pipeline.plan3d import to_plan
-    from autopar.solve.planner import make_plan
+    from autopar.pipeline.pricing import plan_for_pipeline
     from cost_models import CostModel
 
     best = ranked.best
@@ -102,9 +103,10 @@ def pipeline_plan(
                     got.predicted.memory_per_device_bytes <= budget):  # fmt: skip
                 plan = rename_plan(got, done, st.captured, budget)
                 break
-        if plan is None:
-            plan = make_plan(st.captured, sub, strategy, cm, memory_budget=budget,
-                             optimizer=optimizer, precision=precision)  # fmt: skip
+        if plan is None:  # priced for the whole step of microbatches, as the layers were
+            plan, _ = plan_for_pipeline(st.captured, sub, cm, strategy, best.microbatches,
+                                        budget=budget, optimizer=optimizer,
+                                        precision=precision)  # fmt: skip
             solved.setdefault(sig, []).append((st.captured, plan))
         rank = st.index % best.pp
         done_stages[k] = dataclasses.replace(plan, source={"stage": st.index, "rank": rank},

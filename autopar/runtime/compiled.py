@@ -121,15 +121,21 @@ class CompiledModel(torch.nn.Module):
 
     def module_meta(self, name: str, whole: bool) -> list[tuple[tuple[int, ...], str]]:
         """The program's ``INPUT_META``/``OUTPUT_META`` (global shapes); with ``whole`` False
-        each output's local shape on this rank (its layout in ``OUTPUTS``)."""
+        each one's local shape on this rank: an output's by its layout in ``OUTPUTS``, an
+        input's by the layout it arrives in (``INPUT_LAYOUTS``; whole where it has none)."""
         from autopar.placement import local_shape
 
         meta = list(getattr(self.module, name))
         if whole:
             return meta
         sizes = tuple(self.ctx.axes.size[n] for n in self.ctx.axes.names)
+        if name == "INPUT_META":
+            whole_lay = "R" * len(sizes)
+            lays = list(getattr(self.module, "INPUT_LAYOUTS", ())) or [whole_lay] * len(meta)
+        else:
+            lays = [lay for _, lay in self.outputs]
         return [(local_shape(tuple(shape), parse_layout(lay), sizes), dtype)
-                for (shape, dtype), (_, lay) in zip(meta, self.outputs)]  # fmt: skip
+                for (shape, dtype), lay in zip(meta, lays, strict=True)]  # fmt: skip
 
     def whole(self, fqn: str, t: torch.Tensor) -> torch.Tensor:
         """A parameter-shaped local tensor (the parameter, its gradient) made whole."""

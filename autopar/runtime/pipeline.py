@@ -3,7 +3,9 @@
 Contract: ``PipelineModel(stages, indices, num_stages, schedule, microbatches, pp_group,
 pp, device, shared=..., in_spec=None, out_spec=None, info=None)`` holds this rank's stage
 programs (``CompiledModel``s, one per stage index in ``indices``; each program's
-``INPUT_META``/``OUTPUT_META`` give the shapes it receives and sends) and the schedule
+``INPUT_META``/``OUTPUT_META`` and layouts give the local shapes it receives and sends:
+each rank sends its own piece of a stage boundary value to the same rank of the next
+stage, ``solve.graph.boundary_layout``) and the schedule
 (``"1f1b"`` | ``"gpipe"`` | ``"interleaved_1f1b"``) over the ``pp_group``.
 ``step(*args, target=None, loss_fn=None, **kwargs)`` is one training step on the GLOBAL
 batch: the schedule splits every batched input on dim 0 into ``microbatches``, runs
@@ -91,7 +93,7 @@ class PipelineModel(torch.nn.Module):
         pstages = [
             PipelineStage(
                 m.program, index, num_stages, device, group=pp_group,
-                input_args=_meta_tensors(m.module_meta("INPUT_META", True), device, index > 0),
+                input_args=_meta_tensors(m.module_meta("INPUT_META", False), device, index > 0),
                 output_args=_meta_tensors(m.module_meta("OUTPUT_META", False), device, True),
             )
             for m, index in zip(stages, indices)

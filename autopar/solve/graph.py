@@ -2,8 +2,12 @@
 
 Contract: ``build_graph(captured, mesh)`` returns a ``PlanGraph`` with one ``PNode`` per
 tensor-producing fx node (inputs, parameters, buffers, ops, and the output sink: the
-sink needs the scalar outputs (the loss) replicated, and every output when
-``captured.whole_outputs``, as a pipeline stage's outputs are sent whole).
+sink needs the scalar outputs (the loss) replicated, and every output in
+``boundary_layout`` when ``captured.whole_outputs``: a pipeline stage sends its outputs
+point to point, each rank its own piece). Graph inputs arrive whole (any layout is a local
+slice) except in a stage that receives them (``captured.input_grads``): there each input
+arrives in ``boundary_layout`` (``arrival_layout``), its only strategy, and carries a
+gradient back when it is a float.
 ``getitem`` on a tuple-returning op is transparent: consumers read slot ``i`` of the
 producer directly. Every op gets its strategies from the rule registry; an op with no
 rule, or on a dtype no rule covers, is replicated and reported in ``unknown_ops``. Each
@@ -24,7 +28,7 @@ import torch.fx as fx
 
 from autopar.capture import Captured
 from autopar.mesh import MeshSpec
-from autopar.placement import R
+from autopar.placement import Layout, R, Shard
 from autopar.strategies.enumerate import free_strategies, node_strategies
 from autopar.strategies.registry import Registry, op_name
 from autopar.strategies.types import Arg, OpView, Strategy, TensorMeta
@@ -116,6 +120,30 @@ def _op_view(node: fx.Node, in_metas: tuple[TensorMeta, ...], metas: list[Tensor
     return OpView(node.target, tuple(view_args), dict(view_kwargs), in_metas, tuple(metas))
 
 
+DATA_AXIS = "dp"  # the stage submesh's data axis (planning.pipeline.stage_mesh)
+
+
+def boundary_layout(meta: TensorMeta, names: tuple[str, ...], sizes: tuple[int, ...],
+                    batch: int) -> Layout:  # fmt: skip
+    """The layout a pipeline stage sends a value in and the next stage receives it in:
+    split on dim 0 over the data axis when dim 0 is the stage's microbatch ``batch`` (and
+    it divides), whole on every other axis (each tensor-parallel rank sends it all)."""
+    batched = bool(meta.shape) and meta.shape[0] == batch > 0
+    return tuple(
+        Shard(0) if n == DATA_AXIS and k > 1 and batched and batch % k == 0 else R
+        for n, k in zip(names, sizes, strict=True)
+    )
+
+
+def arrival_layout(captured: Captured, meta: TensorMeta, names: tuple[str, ...],
+                   sizes: tuple[int, ...]) -> Layout:  # fmt: skip
+    """How a graph input reaches this program: whole, or (a stage that receives it)
+    in the boundary layout."""
+    if captured.input_grads:
+        return boundary_layout(meta, names, sizes, captured.stage_batch)
+    return tuple(R for _ in sizes)
+
+
 def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = None) -> PlanGraph:
     registry = registry or Registry()
     sizes = mesh.sizes
@@ -138,15 +166,19 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
                 continue
             target = str(node.target)
             if node.op == "placeholder":
-                kind, grad, shard = "input", False, True
+                kind, grad, shard = "input", captured.input_grads and meta.is_float, True
             elif target in params:
                 kind, grad, shard = "param", True, True
             else:
                 kind, grad, shard = "buffer", False, False
             path = target if kind != "input" else ""
+            if kind == "input" and captured.input_grads:  # received: it arrives as it was sent
+                lay = arrival_layout(captured, meta, mesh.names, sizes)
+                strategies = [Strategy((), (lay,), (), 1, ())]
+            else:
+                strategies = free_strategies(meta, sizes, allow_shard=shard, param=kind == "param")
             nodes[node.name] = PNode(
-                node.name, kind, target, kind, (meta,), [],
-                free_strategies(meta, sizes, allow_shard=shard, param=kind == "param"), grad, path,
+                node.name, kind, target, kind, (meta,), [], strategies, grad, path,
                 layer_of(path) if kind == "param" else None, fx_node=node,
             )  # fmt: skip
         elif node.op == "call_function" and node.target is operator.getitem:
@@ -186,8 +218,12 @@ def build_graph(captured: Captured, mesh: MeshSpec, registry: Registry | None = 
                 slots = [s for s in slots if s.meta["val"].dim() == 0]
             inputs = [source(s) for s in slots]
             out_metas = tuple(tensor_meta(s.meta["val"]) for s in slots)
-            full = tuple(tuple(R for _ in sizes) for _ in inputs)
-            sink = Strategy(full, (), full, 1, ())
+            if captured.whole_outputs:  # sent to the next stage
+                need = tuple(boundary_layout(m, mesh.names, sizes, captured.stage_batch)  # type: ignore[arg-type]
+                             for m in out_metas)  # fmt: skip
+            else:
+                need = tuple(tuple(R for _ in sizes) for _ in inputs)
+            sink = Strategy(need, (), need, 1, ())
             nodes["output"] = PNode(
                 "output", "output", "output", "output", (), inputs, [sink], False, "",
                 fx_node=node, op=OpView("output", (), {}, out_metas, ()),  # type: ignore[arg-type]
