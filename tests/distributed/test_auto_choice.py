@@ -79,15 +79,7 @@ def ran_kind(r: dict[str, Any]) -> str:
     return kind_of(r["mesh"], 0)
 
 
-# GPT-2's dp2 x tp2 pick trains in parity and issues the program's collectives, but its
-# program writes out fewer explicit all_gathers than the plan lists (9 vs 15, found here;
-# codegen vs parity.planned_explicit); strict, so the fix shows as XPASS
-_GPT2_EXPLICIT = pytest.mark.xfail(
-    strict=True, reason="tp pick: program's explicit all_gathers differ from the plan's"
-)
-
-
-@pytest.mark.parametrize("example", [pytest.param("gpt2", marks=_GPT2_EXPLICIT), "llama"])
+@pytest.mark.parametrize("example", sorted(CHAINS))
 def test_auto_picks_change_with_the_budget_and_train_in_parity(pool4, example: str) -> None:
     chain = plan_chain(example, len(CHAINS[example]))
     assert tuple(kind for _, kind, _ in chain) == CHAINS[example], chain
