@@ -6,7 +6,8 @@ name such as ``gpt2``, or a model-zoo sweep architecture such as ``hf-t5``, drop
 twice from the same seed, trains the reference in this process and the compiled model over
 the process group on the same global batch, and returns the per-step losses and the largest
 differences of the final parameters, plus the collectives the compiled model issued in one
-step (counted by CommCounter) with what the program's structure says it issues. ``check(result)`` asserts parity within ``TOLERANCE``.
+step (counted by CommCounter) with what the program's structure says it issues, and the
+plan's mesh (``mesh``: axis -> size; a pipeline's is ``pipeline["mesh"]``). ``check(result)`` asserts parity within ``TOLERANCE``.
 ``recompute`` ("selective" | "full") plans with every layer recomputed
 (``recompute_plan``: ``make_plan(..., recompute=)`` on rank 0, the plan sent to every rank)
 and compiles that plan.
@@ -122,6 +123,7 @@ def _run_one(
         "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
             str(p) != "R" for p in n.outs[0])),
         "modes": compiled.plan.param_modes(),
+        "mesh": dict(zip(compiled.plan.mesh.names, compiled.plan.mesh.sizes)),
         "memory": dict(compiled.plan.predicted.memory),
         "held": held,
         "recompute": list(compiled.plan.recompute),
