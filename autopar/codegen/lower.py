@@ -6,9 +6,13 @@ says, and nothing is decided later:
   its producer's (or whose gradient must come back in another layout) a
   ``rt.reshard(x, axes, fwd, bwd)`` statement issues exactly the plan's collectives
   (``runtime.collectives.plan_steps``; layouts it cannot express go through
-  ``rt.general_reshard``); graph inputs arrive whole on every rank and are sliced locally;
+  ``rt.general_reshard``), except the reductions of activation gradients that
+  ``codegen.fold`` moves into the parameters' gradient buckets; graph inputs arrive whole
+  on every rank and are sliced locally;
 - shape arguments of view/reshape/expand become local shapes; ops whose strategy names a
-  kernel call it (``rt.vocab_embedding``, ``rt.sharded_cross_entropy``);
+  kernel call it (``rt.vocab_embedding``, ``rt.sharded_cross_entropy``; outside a
+  pipeline stage the cross-entropy counts its targets in their whole-batch twin
+  (``codegen.whole``) and leaves the loss' sum running under backward);
 - each parameter gets a mode (``ParamIR``): "replicated" or "sharded" (used where it is
   stored; a partial gradient is reduced by the bucketed ``GradReducer`` over
   ``reduce_axes``), "fsdp" / "zero2" (stored sharded on one data axis, gathered per layer
@@ -36,12 +40,14 @@ import torch
 import torch.fx as fx
 
 from autopar.capture import Captured
+from autopar.codegen.fold import fold_partial_grads
 from autopar.codegen.recompute import Recomputed, layer_call
 from autopar.codegen.units import Item, assign, canonical, module_type, node_index, order
+from autopar.codegen.whole import whole_twin
 from autopar.placement import Layout, Partial, R, Replicate, Shard, layout_str, local_shape
 from autopar.plan import NodePlan, Plan, PlanError
 from autopar.runtime.collectives import grad_layout as grad_of_layout
-from autopar.runtime.collectives import plan_steps
+from autopar.runtime.collectives import plan_steps, transition_steps
 from autopar.solve.graph import input_slots
 
 SIZE_ARG_OPS = {"view", "_unsafe_view", "reshape", "expand"}
@@ -99,6 +105,7 @@ class ProgramIR:
     output_meta: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # global
     recomputed: dict[str, int] = field(default_factory=dict)  # issued again in backward
     recompute: dict[str, str] = field(default_factory=dict)  # layer path -> mode
+    stage: bool = False  # a pipeline stage (its forward runs per microbatch, apart from backward)
 
 
 def _target_text(target: Any) -> str:
@@ -195,6 +202,11 @@ class _Lowering:
         self._uses: dict[str, list[tuple[fx.Node, int]]] = {}
         self.collectives: dict[str, Counter[str]] = {"forward": Counter(), "backward": Counter()}
         self.needs_grad = _needs_grad(self.gm, captured)
+        self.keep: dict[str, frozenset[int]] = {}  # values whose gradient stays partial there
+        self.node_by_name: dict[str, fx.Node] = {}
+        self.root_names: dict[str, str] = {}  # the root scope's variables (set by _lower)
+        # a pipeline stage: its caller (the schedule) reads the loss without settling
+        self.stage = captured.whole_outputs or captured.input_grads
 
     # ---- layouts ------------------------------------------------------------------
     def source(self, n: fx.Node) -> tuple[str, int]:
@@ -284,10 +296,14 @@ class _Lowering:
 
     # ---- statements ------------------------------------------------------------------
     def reshard_line(self, var: str, base: str, src: Layout, dst: Layout, grad: Layout,
-                     out: list[str]) -> str:  # fmt: skip
+                     out: list[str], keep: frozenset[int] = frozenset()) -> str:  # fmt: skip
         steps = plan_steps(src, dst, grad, self.names)
         if steps is not None:
             fwd, bwd = steps
+            if keep:  # the gradient leaves partial on the folded axes (codegen.fold)
+                target = tuple(Partial() if a in keep else p
+                               for a, p in enumerate(grad_of_layout(src)))  # fmt: skip
+                bwd = transition_steps(grad, target, self.names)
             if not fwd and not bwd:
                 return var
             for phase, group in (("forward", fwd), ("backward", bwd)):
@@ -339,7 +355,8 @@ class _Lowering:
                 local[f"{k}"] = var
                 continue
             grad = np_.grads[k] if self.needs_grad.get(a.name, False) else grad_of_layout(lay)
-            local[f"{k}"] = self.reshard_line(var, var, lay, np_.ins[k], grad, moved)
+            keep = self.keep.get(self.source(a)[0], frozenset())
+            local[f"{k}"] = self.reshard_line(var, var, lay, np_.ins[k], grad, moved, keep)
         out.extend(moved)
         counter = iter(range(len(slots)))
 
@@ -352,7 +369,12 @@ class _Lowering:
         if name in SIZE_ARG_OPS and not _is_replicated(np_.outs[0]):
             shape = tuple(int(s) for s in node.meta["val"].shape)
             args = (args[0], list(local_shape(shape, np_.outs[0], self.sizes)))
-        call = self._call(node, np_, args, kwargs)
+        whole = None
+        if np_.kernel == "sharded_cross_entropy" and names is self.root_names and not self.stage:
+            whole = whole_twin(node.args[1], names, self.fresh, _target_text, fmt)  # type: ignore[arg-type]
+            if whole is not None:
+                out.extend(whole[1])
+        call = self._call(node, np_, args, kwargs, whole[0] if whole else None)
         out.append(f"{node.name} = {call}")
         names[node.name] = node.name
 
@@ -382,7 +404,8 @@ class _Lowering:
             return self.node_plan(a.name).outs[0]
         return tuple(R for _ in self.sizes)  # buffers and constants are replicated
 
-    def _call(self, node: fx.Node, np_: NodePlan, args: Any, kwargs: Any) -> str:
+    def _call(self, node: fx.Node, np_: NodePlan, args: Any, kwargs: Any,
+              whole: str | None = None) -> str:  # fmt: skip
         parts = [_src(a) for a in args] + [f"{k}={_src(v)}" for k, v in kwargs.items()]
         if np_.kernel == "vocab_embedding":
             axis = next(self.names[a] for a, p in enumerate(np_.ins[0]) if p == Shard(0))
@@ -390,9 +413,11 @@ class _Lowering:
         if np_.kernel == "sharded_cross_entropy":
             axes = tuple(self.names[a] for a, p in enumerate(np_.ins[0]) if isinstance(p, Shard))
             self.collectives["forward"]["all_reduce"] += len(axes)
-            rest = ", ".join(parts[2:])
+            rest = parts[2:]
+            if whole is not None:  # the loss' sum overlaps backward (CompiledModel waits)
+                rest += [f"whole_target={whole}", "pending=ctx.pending"]
             return (f"rt.sharded_cross_entropy({parts[0]}, {parts[1]}, ctx.axes, {axes!r}"
-                    + (f", {rest})" if rest else ")"))  # fmt: skip
+                    + "".join(f", {r}" for r in rest) + ")")  # fmt: skip
         if np_.kernel:
             raise PlanError(f"unknown kernel {np_.kernel!r} in plan node {node.name!r}")
         return f"{_target_text(node.target)}({', '.join(parts)})"
@@ -461,8 +486,9 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
         return next((p for p in paths if fqn.startswith(p + ".")), "")
 
     lw._uses = lw.uses()
+    folded = fold_partial_grads(lw)
     modes = lw.param_modes({fqn: owner(fqn) for fqn in captured.param_names})
-    notes = _unify_fsdp(modes)
+    notes = folded + _unify_fsdp(modes)
     attrs = {n.name: str(n.target) for n in nodes if n.op == "get_attr"}
     # ---- statements per scope --------------------------------------------------------
     root_items: list[Item] = []
@@ -471,6 +497,7 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
     layer_reads: dict[str, set[str]] = {p: set() for p in paths}
     layer_names: dict[str, dict[str, str]] = {p: {} for p in paths}
     root_names: dict[str, str] = {n.name: n.name for n in nodes if n.op == "placeholder"}
+    lw.root_names = root_names
     for n in nodes:
         if n.op == "get_attr" and owner(str(n.target)) == "":
             root_names[n.name] = n.name
@@ -536,7 +563,8 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
                      {ph: dict(c) for ph, c in lw.collectives.items()},
                      [_meta(n) for n in nodes if n.op == "placeholder"],
                      [_meta(a) for a in leaves], rec.counts(),
-                     {p: rec.mode(p) for p in paths if rec.mode(p) != "none"})  # fmt: skip
+                     {p: rec.mode(p) for p in paths if rec.mode(p) != "none"},
+                     lw.stage)  # fmt: skip
 
 
 def _stage_boundary(leaves: list[fx.Node], outs: list[str]) -> list[str]:
