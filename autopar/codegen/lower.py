@@ -106,6 +106,7 @@ class ProgramIR:
     recomputed: dict[str, int] = field(default_factory=dict)  # issued again in backward
     recompute: dict[str, str] = field(default_factory=dict)  # layer path -> mode
     stage: bool = False  # a pipeline stage (its forward runs per microbatch, apart from backward)
+    folded: dict[str, int] = field(default_factory=dict)  # plan's collectives in the buckets
 
 
 def _target_text(target: Any) -> str:
@@ -203,6 +204,7 @@ class _Lowering:
         self.collectives: dict[str, Counter[str]] = {"forward": Counter(), "backward": Counter()}
         self.needs_grad = _needs_grad(self.gm, captured)
         self.keep: dict[str, frozenset[int]] = {}  # values whose gradient stays partial there
+        self.folded: Counter[str] = Counter()  # the plan's collectives the buckets carry
         self.node_by_name: dict[str, fx.Node] = {}
         self.root_names: dict[str, str] = {}  # the root scope's variables (set by _lower)
         # a pipeline stage: its caller (the schedule) reads the loss without settling
@@ -303,7 +305,14 @@ class _Lowering:
             if keep:  # the gradient leaves partial on the folded axes (codegen.fold)
                 target = tuple(Partial() if a in keep else p
                                for a, p in enumerate(grad_of_layout(src)))  # fmt: skip
-                bwd = transition_steps(grad, target, self.names)
+                kept = transition_steps(grad, target, self.names)
+                for step in bwd:  # what the plan issues here and the buckets now carry
+                    if step[0] not in _LOCAL:
+                        self.folded[_KIND[step[0]]] += 1
+                for step in kept:
+                    if step[0] not in _LOCAL:
+                        self.folded[_KIND[step[0]]] -= 1
+                bwd = kept
             if not fwd and not bwd:
                 return var
             for phase, group in (("forward", fwd), ("backward", bwd)):
@@ -564,7 +573,7 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
                      [_meta(n) for n in nodes if n.op == "placeholder"],
                      [_meta(a) for a in leaves], rec.counts(),
                      {p: rec.mode(p) for p in paths if rec.mode(p) != "none"},
-                     lw.stage)  # fmt: skip
+                     lw.stage, {k: v for k, v in lw.folded.items() if v})  # fmt: skip
 
 
 def _stage_boundary(leaves: list[fx.Node], outs: list[str]) -> list[str]:
