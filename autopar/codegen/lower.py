@@ -309,7 +309,8 @@ class _Lowering:
 
     # ---- statements ------------------------------------------------------------------
     def reshard_line(self, var: str, base: str, src: Layout, dst: Layout, grad: Layout,
-                     out: list[str], keep: frozenset[int] = frozenset()) -> str:  # fmt: skip
+                     out: list[str], keep: frozenset[int] = frozenset(),
+                     boundary: bool = False) -> str:  # fmt: skip
         steps = plan_steps(src, dst, grad, self.names)
         if steps is not None:
             fwd, bwd = steps
@@ -317,10 +318,12 @@ class _Lowering:
                 target = tuple(Partial() if a in keep else p
                                for a, p in enumerate(grad_of_layout(src)))  # fmt: skip
                 kept = transition_steps(grad, target, self.names)
-                for step in bwd:  # what the plan issues here and the buckets now carry
+                for step in (
+                    bwd if boundary else ()
+                ):  # what the plan issues here and the buckets now carry
                     if step[0] not in _LOCAL:
                         self.folded[_KIND[step[0]]] += 1
-                for step in kept:
+                for step in kept if boundary else ():
                     if step[0] not in _LOCAL:
                         self.folded[_KIND[step[0]]] -= 1
                 bwd = kept
@@ -376,7 +379,8 @@ class _Lowering:
                 continue
             grad = np_.grads[k] if self.needs_grad.get(a.name, False) else grad_of_layout(lay)
             keep = self.keep.get(self.source(a)[0], frozenset())
-            local[f"{k}"] = self.reshard_line(var, var, lay, np_.ins[k], grad, moved, keep)
+            local[f"{k}"] = self.reshard_line(var, var, lay, np_.ins[k], grad, moved, keep,
+                                              node.name not in self.keep)  # fmt: skip
         out.extend(moved)
         counter = iter(range(len(slots)))
 

@@ -127,12 +127,7 @@ def _parallelize(ir: ProgramIR) -> list[str]:
     if fsdp:
         root = by_unit.get("", [])
         axis = root[0].fsdp_axis if root else fsdp[0].fsdp_axis
-        # The root's backward starts right where its forward ends (its output is the
-        # loss), so freeing its gathered parameters after forward only to gather them
-        # again at once is a wasted all-gather with the same peak: the root of a whole
-        # program keeps them (FSDP2's own default for a root). A pipeline stage runs
-        # other microbatches in between, so it frees them as planned.
-        regather = bool(root) and root[0].mode == "fsdp" and ir.stage
+        regather = bool(root) and root[0].mode == "fsdp"
         out.append(
             f"{INDENT}rt.fully_shard(program, ctx, PARAMS, '', axis={axis!r}, "
             f"reshard_after_forward={regather})"

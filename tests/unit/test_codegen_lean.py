@@ -1,7 +1,7 @@
 """Generated programs issue no collective DDP/FSDP2 would not: the loss' targets are
 counted in their whole-batch twin (its sum overlaps backward), a replicated path's
 activation-gradient all-reduce joins the gradient buckets when the cost model prices that
-lower, and the FSDP root keeps its gathered parameters for backward."""
+lower."""
 
 from __future__ import annotations
 
@@ -41,14 +41,6 @@ def test_gpt2_dp_is_as_lean_as_ddp() -> None:
     assert _collectives(src) == {"forward": {"all_reduce": 1}, "backward": {}}, src
     wpe = next(x for x in src.splitlines() if "wpe.weight': rt.Param(" in x)
     assert "reduce=('dp',)" in wpe, wpe
-
-
-def test_gpt2_fsdp_root_keeps_its_gather() -> None:
-    src = _source(*build_tiny("gpt2"), "fsdp")
-    root = next(x for x in src.splitlines() if "rt.fully_shard(program, ctx" in x)
-    assert "reshard_after_forward=False" in root, root
-    layers = [x for x in src.splitlines() if "rt.fully_shard(getattr" in x]
-    assert layers and all("reshard_after_forward=True" in x for x in layers), layers
 
 
 class PosAdd(torch.nn.Module):
