@@ -59,7 +59,7 @@ def _shared_model(built: tuple[Any, tuple[Any, ...], dict[str, Any]]) -> Iterato
         return kept[0]
 
     with (
-        mock.patch.object(parity, "build_tiny", lambda example: built),
+        mock.patch.object(parity, "build_tiny", lambda example, shape=None: built),
         mock.patch.object(api, "capture", capture),
     ):
         yield
