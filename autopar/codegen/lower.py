@@ -6,15 +6,11 @@ says, and nothing is decided later:
   its producer's (or whose gradient must come back in another layout) a
   ``rt.reshard(x, axes, fwd, bwd)`` statement issues exactly the plan's collectives
   (``runtime.collectives.plan_steps``; layouts it cannot express go through
-  ``rt.general_reshard``), except the reductions of activation gradients that
-  ``codegen.fold`` moves into the parameters' gradient buckets; graph inputs arrive whole
-  on every rank and are sliced locally, except in a pipeline stage that receives them:
-  there they arrive in the stage boundary layout (``solve.graph.arrival_layout``;
-  ``ProgramIR.input_layouts``);
+  ``rt.general_reshard``); graph inputs arrive whole on every rank and are sliced locally,
+  except in a pipeline stage that receives them: there they arrive in the stage boundary
+  layout (``solve.graph.arrival_layout``; ``ProgramIR.input_layouts``);
 - shape arguments of view/reshape/expand become local shapes; ops whose strategy names a
-  kernel call it (``rt.vocab_embedding``, ``rt.sharded_cross_entropy``; outside a
-  pipeline stage the cross-entropy counts its targets in their whole-batch twin
-  (``codegen.whole``) and leaves the loss' sum running under backward);
+  kernel call it (``rt.vocab_embedding``, ``rt.sharded_cross_entropy``);
 - each parameter gets a mode (``ParamIR``): "replicated" or "sharded" (used where it is
   stored; a partial gradient is reduced by the bucketed ``GradReducer`` over
   ``reduce_axes``), "fsdp" / "zero2" (stored sharded on one data axis, gathered per layer
@@ -43,14 +39,12 @@ import torch
 import torch.fx as fx
 
 from autopar.capture import Captured
-from autopar.codegen.fold import fold_partial_grads
 from autopar.codegen.recompute import Recomputed, layer_call
 from autopar.codegen.units import Item, assign, canonical, module_type, node_index, order
-from autopar.codegen.whole import whole_twin
 from autopar.placement import Layout, Partial, R, Replicate, Shard, layout_str, local_shape
 from autopar.plan import NodePlan, Plan, PlanError
 from autopar.runtime.collectives import grad_layout as grad_of_layout
-from autopar.runtime.collectives import plan_steps, transition_steps
+from autopar.runtime.collectives import plan_steps
 from autopar.solve.graph import arrival_layout, input_slots, tensor_meta
 
 SIZE_ARG_OPS = {"view", "_unsafe_view", "reshape", "expand"}
@@ -109,8 +103,6 @@ class ProgramIR:
     recomputed: dict[str, int] = field(default_factory=dict)  # issued again in backward
     recompute: dict[str, str] = field(default_factory=dict)  # layer path -> mode
     input_layouts: list[str] = field(default_factory=list)  # as each input arrives
-    stage: bool = False  # a pipeline stage (its forward runs per microbatch, apart from backward)
-    folded: dict[str, int] = field(default_factory=dict)  # plan's collectives in the buckets
 
 
 def _target_text(target: Any) -> str:
@@ -207,12 +199,6 @@ class _Lowering:
         self._uses: dict[str, list[tuple[fx.Node, int]]] = {}
         self.collectives: dict[str, Counter[str]] = {"forward": Counter(), "backward": Counter()}
         self.needs_grad = _needs_grad(self.gm, captured)
-        self.keep: dict[str, frozenset[int]] = {}  # values whose gradient stays partial there
-        self.folded: Counter[str] = Counter()  # the plan's collectives the buckets carry
-        self.node_by_name: dict[str, fx.Node] = {}
-        self.root_names: dict[str, str] = {}  # the root scope's variables (set by _lower)
-        # a pipeline stage: its caller (the schedule) reads the loss without settling
-        self.stage = captured.whole_outputs or captured.input_grads
 
     # ---- layouts ------------------------------------------------------------------
     def source(self, n: fx.Node) -> tuple[str, int]:
@@ -309,24 +295,10 @@ class _Lowering:
 
     # ---- statements ------------------------------------------------------------------
     def reshard_line(self, var: str, base: str, src: Layout, dst: Layout, grad: Layout,
-                     out: list[str], keep: frozenset[int] = frozenset(),
-                     boundary: bool = False) -> str:  # fmt: skip
+                     out: list[str]) -> str:  # fmt: skip
         steps = plan_steps(src, dst, grad, self.names)
         if steps is not None:
             fwd, bwd = steps
-            if keep:  # the gradient leaves partial on the folded axes (codegen.fold)
-                target = tuple(Partial() if a in keep else p
-                               for a, p in enumerate(grad_of_layout(src)))  # fmt: skip
-                kept = transition_steps(grad, target, self.names)
-                for step in (
-                    bwd if boundary else ()
-                ):  # what the plan issues here and the buckets now carry
-                    if step[0] not in _LOCAL:
-                        self.folded[_KIND[step[0]]] += 1
-                for step in kept if boundary else ():
-                    if step[0] not in _LOCAL:
-                        self.folded[_KIND[step[0]]] -= 1
-                bwd = kept
             if not fwd and not bwd:
                 return var
             for phase, group in (("forward", fwd), ("backward", bwd)):
@@ -378,9 +350,7 @@ class _Lowering:
                 local[f"{k}"] = var
                 continue
             grad = np_.grads[k] if self.needs_grad.get(a.name, False) else grad_of_layout(lay)
-            keep = self.keep.get(self.source(a)[0], frozenset())
-            local[f"{k}"] = self.reshard_line(var, var, lay, np_.ins[k], grad, moved, keep,
-                                              node.name not in self.keep)  # fmt: skip
+            local[f"{k}"] = self.reshard_line(var, var, lay, np_.ins[k], grad, moved)
         out.extend(moved)
         counter = iter(range(len(slots)))
 
@@ -393,12 +363,7 @@ class _Lowering:
         if name in SIZE_ARG_OPS and not _is_replicated(np_.outs[0]):
             shape = tuple(int(s) for s in node.meta["val"].shape)
             args = (args[0], list(local_shape(shape, np_.outs[0], self.sizes)))
-        whole = None
-        if np_.kernel == "sharded_cross_entropy" and names is self.root_names and not self.stage:
-            whole = whole_twin(node.args[1], names, self.fresh, _target_text, fmt)  # type: ignore[arg-type]
-            if whole is not None:
-                out.extend(whole[1])
-        call = self._call(node, np_, args, kwargs, whole[0] if whole else None)
+        call = self._call(node, np_, args, kwargs)
         out.append(f"{node.name} = {call}")
         names[node.name] = node.name
 
@@ -428,8 +393,7 @@ class _Lowering:
             return self.node_plan(a.name).outs[0]
         return tuple(R for _ in self.sizes)  # buffers and constants are replicated
 
-    def _call(self, node: fx.Node, np_: NodePlan, args: Any, kwargs: Any,
-              whole: str | None = None) -> str:  # fmt: skip
+    def _call(self, node: fx.Node, np_: NodePlan, args: Any, kwargs: Any) -> str:
         parts = [_src(a) for a in args] + [f"{k}={_src(v)}" for k, v in kwargs.items()]
         if np_.kernel == "vocab_embedding":
             axis = next(self.names[a] for a, p in enumerate(np_.ins[0]) if p == Shard(0))
@@ -437,11 +401,9 @@ class _Lowering:
         if np_.kernel == "sharded_cross_entropy":
             axes = tuple(self.names[a] for a, p in enumerate(np_.ins[0]) if isinstance(p, Shard))
             self.collectives["forward"]["all_reduce"] += len(axes)
-            rest = parts[2:]
-            if whole is not None:  # the loss' sum overlaps backward (CompiledModel waits)
-                rest += [f"whole_target={whole}", "pending=ctx.pending"]
+            rest = ", ".join(parts[2:])
             return (f"rt.sharded_cross_entropy({parts[0]}, {parts[1]}, ctx.axes, {axes!r}"
-                    + "".join(f", {r}" for r in rest) + ")")  # fmt: skip
+                    + (f", {rest})" if rest else ")"))  # fmt: skip
         if np_.kernel:
             raise PlanError(f"unknown kernel {np_.kernel!r} in plan node {node.name!r}")
         return f"{_target_text(node.target)}({', '.join(parts)})"
@@ -510,9 +472,8 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
         return next((p for p in paths if fqn.startswith(p + ".")), "")
 
     lw._uses = lw.uses()
-    folded = fold_partial_grads(lw)
     modes = lw.param_modes({fqn: owner(fqn) for fqn in captured.param_names})
-    notes = folded + _unify_fsdp(modes)
+    notes = _unify_fsdp(modes)
     attrs = {n.name: str(n.target) for n in nodes if n.op == "get_attr"}
     # ---- statements per scope --------------------------------------------------------
     root_items: list[Item] = []
@@ -521,7 +482,6 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
     layer_reads: dict[str, set[str]] = {p: set() for p in paths}
     layer_names: dict[str, dict[str, str]] = {p: {} for p in paths}
     root_names: dict[str, str] = {n.name: n.name for n in nodes if n.op == "placeholder"}
-    lw.root_names = root_names
     for n in nodes:
         if n.op == "get_attr" and owner(str(n.target)) == "":
             root_names[n.name] = n.name
@@ -588,8 +548,7 @@ def _lower(captured: Captured, plan: Plan, layers: bool) -> ProgramIR:
                      [_meta(n) for n in nodes if n.op == "placeholder"],
                      [_meta(a) for a in leaves], rec.counts(),
                      {p: rec.mode(p) for p in paths if rec.mode(p) != "none"},
-                     [_lay(lw.arrival(n)) for n in nodes if n.op == "placeholder"],
-                     lw.stage, {k: v for k, v in lw.folded.items() if v})  # fmt: skip
+                     [_lay(lw.arrival(n)) for n in nodes if n.op == "placeholder"])  # fmt: skip
 
 
 def _stage_boundary(leaves: list[fx.Node], outs: list[str]) -> list[str]:

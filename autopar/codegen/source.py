@@ -169,8 +169,6 @@ def write_source(
         "# collectives the statements below issue per step (FSDP2 and gradient buckets: see",
         "# parallelize)",
         f"COLLECTIVES = {ir.collectives!r}",
-        "# the plan's activation-gradient reductions the gradient buckets carry instead",
-        f"FOLDED = {ir.folded!r}",
         "# layers recomputed in backward, and the forward collectives they issue again there",
         f"RECOMPUTE = {ir.recompute!r}",
         f"RECOMPUTED = {ir.recomputed!r}",

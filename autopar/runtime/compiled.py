@@ -7,9 +7,8 @@ wraps the root ``Program`` of a generated ``module``:
   loss is replicated by the plan; other outputs are made whole here (a gather only when
   someone asks for them through ``forward``).
 - ``step(*args, target=None, loss_fn=None, **kwargs)`` is one training step (forward and
-  backward) that reads only the loss, so no other output is ever gathered; the loss' own
-  reduction (left running by the program, ``Context.pending``) is waited for after
-  backward, so it overlaps backward; returns the detached loss.
+  backward) that reads only the loss, so no other output is ever gathered; returns the
+  detached loss.
 - ``parameters()`` are the program's (what an optimizer steps); ``no_sync()`` accumulates
   gradients without reducing them; ``full_state_dict()`` gathers full tensors under the
   original model's state-dict keys (``aliases``: captured FQN -> every original key of
@@ -94,7 +93,6 @@ class CompiledModel(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         outs = self.program(*self._flat(args, kwargs))
-        self.ctx.settle()  # the caller may read the loss at once
         if not torch.is_grad_enabled():  # no backward follows: FSDP2 frees its gathers now
             for m in self.program.modules():
                 reshard = getattr(m, "reshard", None)
@@ -119,7 +117,6 @@ class CompiledModel(torch.nn.Module):
             out = self(*args, **kwargs)
             loss = loss_fn(out, target) if loss_fn is not None else loss_of(out)
         loss.backward()
-        self.ctx.settle()  # the loss' sum ran under backward
         return loss.detach()
 
     def module_meta(self, name: str, whole: bool) -> list[tuple[tuple[int, ...], str]]:

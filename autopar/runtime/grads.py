@@ -43,7 +43,6 @@ class Bucket:
     flat: torch.Tensor | None = None
     last: torch.Tensor | None = None  # the sums last written into .grad
     carried: list[bool] = field(default_factory=list)  # .grad held `last` at launch
-    numels: list[int] = field(default_factory=list)  # each parameter's element count
 
 
 class GradReducer:
@@ -88,22 +87,18 @@ class GradReducer:
 
     def _launch(self, b: Bucket) -> None:
         dtype = self.ctx.reduce_dtype or b.dtype
-        grads = [p.grad for p in b.params]
-        refs = [self._reduced.get(id(p)) for p in b.params]
-        b.carried = [r is not None and g is not None and r() is g and b.last is not None
-                     for r, g in zip(refs, grads)]  # fmt: skip
-        if any(b.carried) or any(g is None for g in grads):
-            parts, offset = [], 0
-            for p, g, carried in zip(b.params, grads, b.carried):
-                g = g if g is not None else torch.zeros_like(p)
-                if carried:  # only what this backward added is reduced
-                    assert b.last is not None
-                    g = g - b.last[offset : offset + p.numel()].view_as(p).to(g.dtype)
-                parts.append(g.reshape(-1))
-                offset += p.numel()
-        else:  # the common case: fresh gradients (after zero_grad), one flat copy
-            parts = [g.reshape(-1) for g in grads]  # type: ignore[union-attr]
-        b.flat = torch.cat(parts).to(dtype)
+        parts, b.carried, offset = [], [], 0
+        for p in b.params:
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            prev = self._reduced.get(id(p))
+            carried = prev is not None and prev() is p.grad and b.last is not None
+            if carried:  # only what this backward added is reduced
+                assert b.last is not None
+                g = g - b.last[offset : offset + p.numel()].view_as(p).to(g.dtype)
+            b.carried.append(carried)
+            parts.append(g.reshape(-1).to(dtype))
+            offset += p.numel()
+        b.flat = torch.cat(parts)
         b.work = dist.all_reduce(b.flat, group=b.group, async_op=True)
         self.launched.append(f"{len(b.params)} tensors")
 
@@ -113,29 +108,21 @@ class GradReducer:
                 self._launch(b)
         for b in self.buckets:
             b.work.wait()
-            flat = b.flat
-            assert flat is not None
-            numels = b.numels or [p.numel() for p in b.params]
-            b.numels = numels
-            pieces = flat.split(numels)
-            if any(b.carried):
-                assert b.last is not None
-                last = b.last.split(numels)
-                for k in (k for k, c in enumerate(b.carried) if c):
-                    pieces[k].add_(last[k])
-            grads = [p.grad for p in b.params]
-            if any(g is None or g.dtype != flat.dtype or not g.is_contiguous() for g in grads):
-                for p, piece in zip(b.params, pieces):
-                    if p.grad is None:
-                        p.grad = piece.view_as(p).to(p.dtype)
-                    else:
-                        p.grad.copy_(piece.view_as(p))
-                grads = [p.grad for p in b.params]
-            else:
-                torch._foreach_copy_([g.view(-1) for g in grads], pieces)  # type: ignore[union-attr]
-            for p, g in zip(b.params, grads):
-                self._reduced[id(p)] = weakref.ref(g)  # type: ignore[arg-type]
-            b.last, b.work, b.flat, b.ready = flat, None, None, 0
+            assert b.flat is not None
+            offset = 0
+            for p, carried in zip(b.params, b.carried):
+                n = p.numel()
+                piece = b.flat[offset : offset + n].view_as(p)
+                if carried:
+                    assert b.last is not None
+                    piece += b.last[offset : offset + n].view_as(p)
+                if p.grad is None:
+                    p.grad = piece.to(p.dtype)
+                else:
+                    p.grad.copy_(piece)
+                self._reduced[id(p)] = weakref.ref(p.grad)
+                offset += n
+            b.last, b.work, b.flat, b.ready = b.flat, None, None, 0
         self._armed = False
 
     # ---- accumulation --------------------------------------------------------------------

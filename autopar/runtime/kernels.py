@@ -5,17 +5,11 @@ Contract:
   over mesh axis ``axis``: each rank looks up the ids it owns and zeros the rest; the
   result is a partial sum over the axis (the plan all-reduces it where a whole value is
   needed).
-- ``sharded_cross_entropy(logits, target, axes, names, ..., whole_target=None,
-  pending=None)``: ``aten.cross_entropy_loss`` over a batch split on the mesh axes
-  ``names``; the mean (or sum) equals the unsharded one, ``ignore_index`` included. The
-  mean divides by the count of counted targets over the whole batch: counted locally in
-  ``whole_target`` (the whole batch's targets, which every rank holds) when given, else
-  summed over the axes with the local loss sum in ONE blocking all-reduce per axis. With
-  ``whole_target`` each rank's share of the loss (its sum over the global count) is summed
-  over the axes by one all-reduce, asynchronous when ``pending`` (a list) is given on one
-  axis: its work is appended there and the returned value is final only once the caller
-  has waited on it (``Context.settle``); backward never reads it. The gradient passes
-  back unchanged (every rank holds the same loss).
+- ``sharded_cross_entropy(logits, target, axes, names, ...)``: ``aten.cross_entropy_loss``
+  over a batch split on the mesh axes ``names``; the mean (or sum) equals the unsharded
+  one, ``ignore_index`` included. The local loss sum and the count of counted targets are
+  summed over the axes in ONE all-reduce per axis; the gradient passes back unchanged
+  (every rank holds the same loss).
 """
 
 from __future__ import annotations
@@ -55,25 +49,6 @@ class _SumOver(torch.autograd.Function):
         return g_total, None, None, None
 
 
-class _Share(torch.autograd.Function):
-    """A rank's share of the loss -> the sum of the shares over ``names`` (asynchronous
-    when ``pending`` is a list); the gradient reaches every share unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, share: torch.Tensor, axes: Axes, names: Any, pending: Any):  # type: ignore[no-untyped-def,override]
-        out = share.detach().clone()
-        if pending is not None and len(names) == 1:
-            pending.append(dist.all_reduce(out, group=axes.group[names[0]], async_op=True))
-            return out
-        for name in names:
-            dist.all_reduce(out, group=axes.group[name])
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor):  # type: ignore[no-untyped-def,override]
-        return g, None, None, None
-
-
 def sharded_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -83,14 +58,8 @@ def sharded_cross_entropy(
     reduction: int = 1,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
-    *,
-    whole_target: torch.Tensor | None = None,
-    pending: list[Any] | None = None,
 ) -> torch.Tensor:
     total = torch.ops.aten.cross_entropy_loss(logits, target, None, 2, ignore_index, 0.0)
-    if whole_target is not None:
-        share = total if reduction == 2 else total / (whole_target != ignore_index).sum()
-        return _Share.apply(share, axes, names, pending)  # type: ignore[no-any-return]
     count = (target != ignore_index).sum()
     total, count = _SumOver.apply(total, count, axes, names)
     if reduction == 2:

@@ -2,10 +2,7 @@
 
 Contract:
 - ``Context(device_mesh, precision)``: the mesh, this rank's ``Axes``, the device and the
-  precision ("fp32" | "bf16-mixed" | "bf16"), and ``pending``: collectives a program
-  left running (the loss' sum, ``sharded_cross_entropy``) that ``settle()`` waits for
-  (the caller of the program does, before anyone reads its outputs);
-  ``Context.create(MESH, precision, timeout=)``
+  precision ("fp32" | "bf16-mixed" | "bf16"); ``Context.create(MESH, precision, timeout=)``
   builds the DeviceMesh inside an initialised process group (NCCL ranks use their local
   GPU; each mesh dimension's group waits at most ``timeout`` s per collective).
 - ``Param(shape, dtype, layout, mode, fsdp=None, reduce=())``: one parameter of the plan
@@ -61,12 +58,6 @@ class Context:
         self.precision = precision
         self.autocast = precision == "bf16-mixed"
         self.reduce_dtype = reduce_dtype  # None: the gradients' own dtype
-        self.pending: list[Any] = []  # works of asynchronous collectives not waited for yet
-
-    def settle(self) -> None:
-        """Wait for every collective the program left running (see ``pending``)."""
-        while self.pending:
-            self.pending.pop(0).wait()
 
     @staticmethod
     def create(

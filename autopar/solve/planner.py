@@ -208,7 +208,8 @@ class Pricing:
             bwd = [dataclasses.replace(c, latency_share=0.0 if grouped else (
                 self.bucket_share() if c.kind == "all_reduce" else self.layer_share(src)))
                 for c in bwd]  # fmt: skip
-        held = held_gather_bytes(src, s_src, s_dst.ins[slot], saved_slot, sizes, idx) if fwd else 0
+        kept = saved_slot and (src.kind == "param" or dst not in self.modes)  # not recomputed
+        held = held_gather_bytes(src, s_src, s_dst.ins[slot], kept, sizes, idx) if fwd else 0
         if held and gathered is not meta:
             held = held * gathered.dtype.itemsize // meta.dtype.itemsize
         return fwd, bwd, held

@@ -117,8 +117,7 @@ def _run_one(
         "missing": missing, "comms": comms,
         "expected": compiled.expected_collectives(),
         "planned": planned_explicit(compiled),
-        "explicit": dict(sum((Counter(c) for c in compiled._explicit.values()),
-                             Counter(getattr(compiled.module, "FOLDED", {})))),  # fmt: skip
+        "explicit": dict(sum((Counter(c) for c in compiled._explicit.values()), Counter())),
         "program_modes": {k: v.mode for k, v in compiled.params_spec.items()},
         "outputs": outputs,
         "sharded": sum(1 for n in compiled.plan.nodes if n.kind == "op" and n.outs and any(
