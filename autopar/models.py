@@ -6,9 +6,9 @@ model-zoo sweep's ``hf-llama``, ``hf-t5``, ...: see ``autopar.zoo``) or
 ``path/to/file.py:function`` where the function returns ``(model, args)`` or
 ``(model, args, kwargs)``; it is called with ``batch_size=`` / ``seq_len=`` when those are
 given and it takes them, and a batch size it does not take cuts its inputs to their
-first ``batch_size`` samples (dim 0; more than it builds is refused). The bundled models ship inside the package (``autopar.zoo``), so
-they resolve from any working directory, after an editable or a regular install, and in a
-program run by torchrun. A user's file is loaded by its path (relative to the working
+first ``batch_size`` samples (dim 0; more than it builds is refused). The bundled models
+ship inside the package (``autopar.zoo``), so they resolve from any working directory,
+after an editable or a regular install, and in a program run by torchrun. A user's file is loaded by its path (relative to the working
 directory). Unknown names raise ValueError listing what is accepted.
 ``check_model(spec)`` refuses a spec that cannot work without importing or running anything
 (the file is parsed, not imported); ``user_code_error(err, spec)`` turns an exception
@@ -170,7 +170,7 @@ def user_code_error(err: BaseException, spec: str) -> UserCodeError | None:
     f = frames[-1]
     return UserCodeError(
         f"building the model with {spec} failed: {type(err).__name__}: {err} (raised at "
-        f"{f.filename}:{f.lineno} in {f.name}). autopar calls {fn}() (with batch_size= / seq_len= when it takes them "
-        "and they are given) and needs it to return (model, args) or (model, args, kwargs); fix the function and "
-        "run again"
+        f"{f.filename}:{f.lineno} in {f.name}). autopar calls {fn}() (with batch_size= / "
+        "seq_len= when it takes them and they are given) and needs it to return (model, args) "
+        "or (model, args, kwargs); fix the function and run again"
     )
